@@ -1,0 +1,1 @@
+"""Speech LLMs (Whisper + ChatGLM3) for Chinese ASR and NER, as ESPnet tasks."""

@@ -1,0 +1,1 @@
+"""Text handling shared by data preparation, models and scoring."""
