@@ -1,0 +1,1 @@
+"""ChatGLM3 as transformers' GlmForCausalLM: checkpoint conversion, loading, tokenizer, tiny models."""

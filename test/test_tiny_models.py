@@ -1,0 +1,48 @@
+import json
+
+import torch
+
+from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, checkpoint_shards, load_chatglm3
+from espnet_llm.llm.tiny import write_tiny_chatglm3
+from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
+
+
+def test_tiny_models_have_the_real_formats(tiny_models):
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (tiny_models / "whisper" / name).is_file()
+    chatglm3 = tiny_models / "chatglm3"
+    config = json.loads((chatglm3 / "config.json").read_text())
+    assert config.keys() == CHATGLM3_6B_CONFIG.keys() and config["model_type"] == "chatglm"
+    assert [p.name for p in checkpoint_shards(chatglm3)] == [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    tokenizer = ChatGLM3Tokenizer(chatglm3 / "tokenizer.model")
+    assert len(tokenizer) <= config["padded_vocab_size"] < len(tokenizer) + 64  # rows for specials and task tokens
+    model = load_chatglm3(chatglm3)
+    assert model.get_input_embeddings().num_embeddings == config["padded_vocab_size"]
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_same_seed_same_weights(tiny_models, tmp_path):
+    again = write_tiny_chatglm3(tmp_path / "again", seed=0)
+    other = write_tiny_chatglm3(tmp_path / "other", seed=1)
+    for shard in checkpoint_shards(tiny_models / "chatglm3"):
+        assert (again / shard.name).read_bytes() == shard.read_bytes()
+        assert (other / shard.name).read_bytes() != shard.read_bytes()
+    assert (again / "tokenizer.model").read_bytes() == (tiny_models / "chatglm3" / "tokenizer.model").read_bytes()
+
+
+def test_tiny_chatglm3_learns_a_dev_line_in_a_few_steps(tiny_models):
+    torch.manual_seed(0)
+    model = load_chatglm3(tiny_models / "chatglm3").train()
+    tokenizer = ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model")
+    line = AISHELL_NER_DEV_TRANSCRIPT.read_text(encoding="utf-8").splitlines()[0].split(" ", 1)[1]
+    ids = torch.tensor([tokenizer.build_chat_prompt("<|ner|>") + tokenizer.encode(line) + [tokenizer.eos_id]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
