@@ -1,0 +1,276 @@
+"""The bundled mini corpus: real AISHELL-NER sentences spoken by espeak-ng, in the AISHELL-1 layout.
+
+It lets the whole recipe run anywhere. The text is the shipped AISHELL-NER dev transcript
+(Apache-2.0, ``espnet_llm.resources``): for each chosen real speaker a run of consecutive
+sentences (consecutive ``W`` indices, so historical context is real) among the speaker's
+shorter runs, keeping the real utterance ids. Each speaker is voiced by one espeak-ng Mandarin
+variant chosen by its speaker number, so the mapping is the same for every seed; speakers are
+picked round-robin over the voices and dev and test speakers are held out only where another
+speaker of the same voice stays in training. Output, deterministic for a seed::
+
+    <output_dir>/data_aishell/wav/{train,dev,test}/<SPK>/<uttid>.wav     16 kHz mono 16-bit
+    <output_dir>/data_aishell/transcript/aishell_transcript_v0.8.txt     word-spaced like AISHELL-1
+    <output_dir>/aishell_ner/aishell_ner_transcript.{train,dev,test}.txt (+ LICENSE, README.md)
+
+    python -m espnet_llm.data_prep.mini_corpus --output_dir downloads/mini_aishell --seed 0 --nj 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
+from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked
+
+BUILD_VERSION = 1  # bump when the output for a given configuration changes
+SAMPLE_RATE = 16000
+SETS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str  # espeak-ng voice+variant
+    pitch: int  # espeak-ng -p, 0-99
+    speed: int  # espeak-ng -s, words per minute
+
+
+# A few espeak-ng Mandarin variants standing for speakers (speaker S<n> gets VOICES[n % len(VOICES)]).
+VOICES = (
+    Voice("cmn", 50, 220),
+    Voice("cmn+f2", 65, 210),
+    Voice("cmn+m3", 35, 230),
+    Voice("cmn+f4", 75, 200),
+)
+
+
+@dataclass(frozen=True)
+class MiniCorpusConfig:
+    seed: int = 0
+    num_speakers: int = 16
+    utts_per_speaker: int = 30
+    num_dev_speakers: int = 2
+    num_test_speakers: int = 2
+
+
+@dataclass(frozen=True)
+class Sentence:
+    uttid: str
+    speaker: str
+    index: int  # the W number: position in the speaker's reading order
+    marked: str  # the AISHELL-NER line's transcript, verbatim
+
+
+class MissingToolError(RuntimeError):
+    """espeak-ng or sox is not installed."""
+
+
+class SynthesisError(RuntimeError):
+    """espeak-ng or sox failed on one utterance."""
+
+
+def speaker_voice(speaker: str) -> Voice:
+    return VOICES[int(speaker[1:]) % len(VOICES)]
+
+
+def read_sentences(path: Path = AISHELL_NER_DEV_TRANSCRIPT) -> dict[str, list[Sentence]]:
+    """AISHELL-NER lines grouped by speaker, in reading order."""
+    by_speaker: dict[str, list[Sentence]] = defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            uttid, marked = line.split(maxsplit=1)
+            # AISHELL ids: BAC009 + speaker S0724 + W + sentence number 0121
+            by_speaker[uttid[6:11]].append(Sentence(uttid, uttid[6:11], int(uttid[12:]), marked.strip()))
+    for sentences in by_speaker.values():
+        sentences.sort(key=lambda s: s.index)
+    return by_speaker
+
+
+def choose_speakers(speakers: list[str], config: MiniCorpusConfig, rng: random.Random) -> dict[str, list[str]]:
+    """Pick speakers round-robin over the voices, then hold out dev and test speakers from the last picks
+    whose voice another (training) speaker still has."""
+    pools = [[s for s in sorted(speakers) if speaker_voice(s) == voice] for voice in VOICES]
+    for pool in pools:
+        rng.shuffle(pool)
+    picked = []
+    for i in range(config.num_speakers):
+        pool = pools[i % len(pools)]
+        if i // len(pools) >= len(pool):
+            raise ValueError(f"num_speakers={config.num_speakers} is more than the transcript offers per voice")
+        picked.append(pool[i // len(pools)])
+    held_out_count = config.num_dev_speakers + config.num_test_speakers
+    held_out: list[str] = []
+    for speaker in reversed(picked):
+        if len(held_out) == held_out_count:
+            break
+        remaining = [s for s in picked if s != speaker and s not in held_out]
+        if speaker_voice(speaker) in {speaker_voice(s) for s in remaining}:
+            held_out.append(speaker)
+    if len(held_out) < held_out_count:
+        raise ValueError(
+            f"num_speakers={config.num_speakers} is too few to hold out {held_out_count} dev/test speakers "
+            f"whose voices are also in training ({len(VOICES)} voices)"
+        )
+    return {
+        "train": sorted(s for s in picked if s not in held_out),
+        "dev": sorted(held_out[:config.num_dev_speakers]),
+        "test": sorted(held_out[config.num_dev_speakers:]),
+    }
+
+
+def choose_run(sentences: list[Sentence], length: int, rng: random.Random) -> list[Sentence]:
+    """A run of `length` consecutive sentences, drawn among the shortest quarter of all such runs."""
+    runs = [i for i in range(len(sentences) - length + 1) if sentences[i + length - 1].index - sentences[i].index == length - 1]
+    if not runs:
+        raise ValueError(f"speaker {sentences[0].speaker} has no {length} consecutive sentences")
+    chars = {i: sum(len(s.marked) for s in sentences[i:i + length]) for i in runs}
+    cutoff = sorted(chars.values())[len(runs) // 4]
+    start = rng.choice([i for i in runs if chars[i] <= cutoff])
+    return sentences[start:start + length]
+
+
+def word_spaced(marked: str, rng: random.Random) -> str:
+    """AISHELL-1 transcripts are word-segmented: entities become words, the rest chunks of 1-3 characters."""
+    plain, entities = parse_marked(marked)
+    bounds = sorted({0, len(plain), *(e.start for e in entities), *(e.end for e in entities)})
+    entity_spans = {(e.start, e.end) for e in entities}
+    words = []
+    for start, end in zip(bounds, bounds[1:]):
+        if (start, end) in entity_spans:
+            words.append(plain[start:end])
+            continue
+        while start < end:
+            step = min(rng.randint(1, 3), end - start)
+            words.append(plain[start:start + step])
+            start += step
+    return " ".join(words)
+
+
+def check_tools() -> None:
+    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    if missing:
+        raise MissingToolError(
+            f"the mini corpus needs {' and '.join(missing)}: run tools/setup.sh "
+            f"(or apt-get install -y espeak-ng sox)"
+        )
+
+
+def synthesize(text: str, voice: Voice, wav_path: Path) -> None:
+    """espeak-ng speaks at 22.05 kHz; sox resamples to 16 kHz mono 16-bit (no dither: same bytes every run)."""
+    espeak = ["espeak-ng", "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdin", "--stdout"]
+    sox = ["sox", "-q", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", str(wav_path), "gain", "-n", "-3", "rate", str(SAMPLE_RATE)]
+    try:
+        speech = subprocess.run(espeak, input=text.encode("utf-8"), capture_output=True, check=True).stdout
+        subprocess.run(sox, input=speech, capture_output=True, check=True)
+    except subprocess.CalledProcessError as error:
+        raise SynthesisError(f"{wav_path}: {' '.join(error.cmd)} failed: {error.stderr.decode(errors='replace')}") from error
+
+
+def stamp_path(output_dir: Path) -> Path:
+    return output_dir / ".mini_corpus.json"
+
+
+def stamp_content(config: MiniCorpusConfig, state: str) -> str:
+    return json.dumps({"version": BUILD_VERSION, "config": asdict(config), "state": state}, sort_keys=True)
+
+
+def is_built(output_dir: Path, config: MiniCorpusConfig) -> bool:
+    stamp = stamp_path(output_dir)
+    return stamp.exists() and stamp.read_text() == stamp_content(config, "complete")
+
+
+def select_sentences(config: MiniCorpusConfig) -> dict[str, list[Sentence]]:
+    """The sentences of each set: a run per speaker, speakers split by set."""
+    rng = random.Random(config.seed)
+    by_speaker = read_sentences()
+    split = choose_speakers(list(by_speaker), config, rng)
+    return {subset: [s for spk in speakers for s in choose_run(by_speaker[spk], config.utts_per_speaker, rng)]
+            for subset, speakers in split.items()}
+
+
+def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusConfig(), nj: int = 2) -> dict[str, int]:
+    """Build (or rebuild) the corpus; returns utterances per set."""
+    check_tools()
+    chosen = select_sentences(config)
+    output_dir = Path(output_dir)
+    corpus_dir, ner_dir = output_dir / "data_aishell", output_dir / "aishell_ner"
+    if corpus_dir.exists() or ner_dir.exists():
+        if not stamp_path(output_dir).exists():
+            raise FileExistsError(f"{output_dir} holds a corpus this builder did not make; choose another --output_dir")
+        shutil.rmtree(corpus_dir, ignore_errors=True)
+        shutil.rmtree(ner_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path(output_dir).write_text(stamp_content(config, "building"))
+
+    spacing_rng = random.Random(config.seed)
+    transcript_lines, jobs = [], []
+    for subset, sentences in chosen.items():
+        for s in sentences:
+            transcript_lines.append(f"{s.uttid} {word_spaced(s.marked, spacing_rng)}")
+            wav_path = corpus_dir / "wav" / subset / s.speaker / f"{s.uttid}.wav"
+            wav_path.parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((normalize_transcript(parse_marked(s.marked)[0]), speaker_voice(s.speaker), wav_path))
+    (corpus_dir / "transcript").mkdir(parents=True)
+    (corpus_dir / "transcript" / "aishell_transcript_v0.8.txt").write_text(
+        "".join(line + "\n" for line in sorted(transcript_lines)), encoding="utf-8")
+    ner_dir.mkdir(parents=True)
+    for subset, sentences in chosen.items():
+        (ner_dir / f"aishell_ner_transcript.{subset}.txt").write_text(
+            "".join(f"{s.uttid} {s.marked}\n" for s in sorted(sentences, key=lambda s: s.uttid)), encoding="utf-8")
+    shutil.copy(AISHELL_NER_DEV_TRANSCRIPT.parent / "LICENSE", ner_dir / "LICENSE")
+    (ner_dir / "README.md").write_text(
+        "Sentences and entity marks from the AISHELL-NER dev transcript (Chen et al., ICASSP 2022),\n"
+        "Apache License 2.0 (LICENSE); audio synthesized by espeak-ng for the espnet_llm mini corpus.\n", encoding="utf-8")
+
+    start = time.time()
+    print(f"synthesizing {len(jobs)} utterances with espeak-ng and sox, {nj} jobs", flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:  # each job is two subprocesses
+        futures = [pool.submit(synthesize, *job) for job in jobs]
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()
+            if done % 100 == 0 or done == len(jobs):
+                print(f"  {done}/{len(jobs)} utterances ({done / (time.time() - start):.0f}/s)", flush=True)
+    stamp_path(output_dir).write_text(stamp_content(config, "complete"))
+    return {subset: len(sentences) for subset, sentences in chosen.items()}
+
+
+def corpus_hours(output_dir: Path) -> float:
+    """Duration from the wav sizes (44-byte header, 2 bytes per sample)."""
+    num_bytes = sum(p.stat().st_size - 44 for p in (Path(output_dir) / "data_aishell" / "wav").rglob("*.wav"))
+    return num_bytes / (2 * SAMPLE_RATE) / 3600
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--nj", type=int, default=2, help="parallel espeak-ng/sox jobs")
+    defaults = MiniCorpusConfig()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name}", type=int, default=value)
+    args = parser.parse_args(argv)
+    config = MiniCorpusConfig(**{name: getattr(args, name) for name in asdict(defaults)})
+    if is_built(args.output_dir, config):
+        print(f"mini corpus already built in {args.output_dir} with seed {config.seed}: skipping")
+        return 0
+    start = time.time()
+    try:
+        counts = build_mini_corpus(args.output_dir, config, args.nj)
+    except (RuntimeError, FileExistsError, ValueError) as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    print(f"mini corpus in {args.output_dir}: " + ", ".join(f"{subset} {n}" for subset, n in counts.items())
+          + f" utterances, {config.num_speakers} speakers, {corpus_hours(args.output_dir):.2f} h, "
+          f"built in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The bundled mini corpus: layout, audio format, determinism, speaker split, and stage 1 on it."""
+import hashlib
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from espnet_llm.data_prep import mini_corpus
+from espnet_llm.data_prep.aishell import prepare
+from espnet_llm.data_prep.history import write_utt2history
+from espnet_llm.data_prep.mini_corpus import MiniCorpusConfig, build_mini_corpus, speaker_voice
+from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
+from espnet_llm.text.aishell_ner import normalize_transcript, strip_marks
+
+SMALL = MiniCorpusConfig(seed=3, num_speakers=6, utts_per_speaker=3, num_dev_speakers=1, num_test_speakers=1)
+SETS = ("train", "dev", "test")
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_table(path: Path) -> dict[str, str]:
+    return dict(line.split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mini") / "mini_aishell"
+    build_mini_corpus(root, SMALL, nj=2)
+    return root
+
+
+def speakers_by_set(root: Path) -> dict[str, set[str]]:
+    return {s: {p.name for p in (root / "data_aishell" / "wav" / s).iterdir()} for s in SETS}
+
+
+def test_layout_and_audio_format(corpus):
+    assert (corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt").is_file()
+    for subset in SETS:
+        assert (corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt").is_file()
+    assert "Apache License" in (corpus / "aishell_ner" / "LICENSE").read_text()
+    wavs = sorted((corpus / "data_aishell" / "wav").glob("*/S*/BAC009S*W*.wav"))
+    assert len(wavs) == SMALL.num_speakers * SMALL.utts_per_speaker
+    for wav in wavs:
+        info = soundfile.info(str(wav))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert 0.5 < info.duration < 15
+        assert wav.parent.name == wav.stem[6:11]  # speaker directory matches the id
+
+
+def test_speakers_split_disjoint_and_voices_heard_in_training(corpus):
+    speakers = speakers_by_set(corpus)
+    assert [len(speakers[s]) for s in SETS] == [4, 1, 1]
+    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"] or speakers["dev"] & speakers["test"])
+    train_voices = {speaker_voice(s) for s in speakers["train"]}
+    assert {speaker_voice(s) for s in speakers["dev"] | speakers["test"]} <= train_voices
+
+
+def test_sentences_are_real_consecutive_runs(corpus):
+    real = read_table(AISHELL_NER_DEV_TRANSCRIPT)
+    transcript = read_table(corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt")
+    for subset in SETS:
+        ner = read_table(corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt")
+        by_speaker = {}
+        for uttid, marked in ner.items():
+            assert real[uttid] == marked  # the real id and annotation, verbatim
+            assert " " in transcript[uttid] or len(strip_marks(marked)) <= 3  # word-spaced like AISHELL-1
+            assert normalize_transcript(transcript[uttid]) == normalize_transcript(strip_marks(marked))
+            by_speaker.setdefault(uttid[6:11], []).append(int(uttid[12:]))
+        for numbers in by_speaker.values():
+            assert sorted(numbers) == list(range(min(numbers), min(numbers) + SMALL.utts_per_speaker))
+
+
+def test_same_seed_same_bytes_other_seed_other_sentences(corpus, tmp_path):
+    again = tmp_path / "again"
+    build_mini_corpus(again, SMALL, nj=1)
+    assert file_hashes(again) == file_hashes(corpus)
+    other = tmp_path / "other"
+    build_mini_corpus(other, MiniCorpusConfig(**{**SMALL.__dict__, "seed": 4}), nj=2)
+    assert file_hashes(other) != file_hashes(corpus)
+
+
+def test_stage1_prepares_the_mini_corpus_cleanly(corpus, tmp_path):
+    ner_files = [corpus / "aishell_ner" / f"aishell_ner_transcript.{s}.txt" for s in SETS]
+    summary = prepare(corpus / "data_aishell", ner_files, tmp_path / "data")
+    assert sum(summary.problems.values()) == 0
+    assert [summary.sets[s].utterances for s in SETS] == [12, 3, 3]
+    history = write_utt2history(tmp_path / "data" / "train", k=2)
+    for line in history.read_text().splitlines():
+        ids = line.split()
+        numbers = [int(u[12:]) for u in ids]
+        # runs are consecutive, so the history is the directly preceding sentences
+        assert numbers[1:] == list(range(numbers[0] - len(ids) + 1, numbers[0]))
+        assert len({u[6:11] for u in ids}) == 1
+
+
+def test_rebuild_is_skipped_for_the_same_seed(tmp_path, capsys):
+    args = ["--output_dir", str(tmp_path / "m"), "--num_speakers", "6", "--utts_per_speaker", "1",
+            "--num_dev_speakers", "1", "--num_test_speakers", "1"]
+    assert mini_corpus.main(args) == 0
+    wav = next((tmp_path / "m").rglob("*.wav"))
+    stamp = wav.stat().st_mtime_ns
+    assert mini_corpus.main(args) == 0
+    assert "already built" in capsys.readouterr().out
+    assert wav.stat().st_mtime_ns == stamp
+    assert mini_corpus.main(args + ["--seed", "1"]) == 0
+    assert "already built" not in capsys.readouterr().out
+
+
+def test_missing_tools_foreign_directories_and_bad_sizes_are_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="too few to hold out 2 dev/test speakers"):
+        build_mini_corpus(tmp_path / "few", MiniCorpusConfig(num_speakers=3, num_dev_speakers=1, num_test_speakers=1))
+    assert not (tmp_path / "few").exists()
+    foreign = tmp_path / "corpus"
+    (foreign / "data_aishell").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="did not make"):
+        build_mini_corpus(foreign, SMALL)
+    monkeypatch.setattr(mini_corpus.shutil, "which", lambda tool: None if tool == "espeak-ng" else "/usr/bin/" + tool)
+    with pytest.raises(mini_corpus.MissingToolError, match="espeak-ng: run tools/setup.sh"):
+        build_mini_corpus(tmp_path / "new", SMALL)
