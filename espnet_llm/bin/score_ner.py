@@ -1,0 +1,33 @@
+"""Score entity-marked hypotheses: NER precision/recall/F1 per type and micro, and the error breakdown.
+
+    python -m espnet_llm.bin.score_ner --ref data/test/text_ner --hyp exp/.../decode_test/text_ner \
+        --out_dir exp/.../decode_test/score_ner
+
+Writes result.txt (tables), result.json (counts) and errors.txt (one line per entity error).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from espnet_llm.scoring.ner import score_ner
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref", required=True, help="Kaldi text_ner of the references")
+    parser.add_argument("--hyp", required=True, help="Kaldi text_ner of the hypotheses (model output)")
+    parser.add_argument("--out_dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+
+    result = score_ner(args.ref, args.hyp, args.out_dir)
+    print(f"# NER of {args.hyp} ({result.utterances} utterances, "
+          f"{len(result.malformed_hypotheses)} malformed, {len(result.missing_hypotheses)} missing)")
+    print(result.prf_table())
+    print()
+    print(result.error_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""RESULTS.md in ESPnet's manner: environment, a summary of every system, sclite tables, NER, plots.
+
+The experiment directory it reads (run.sh's stages 11-13 write it):
+
+    <expdir>/<system>/<phase>/                 one training run (the trainer's --output_dir), e.g.
+                                               conformer/asr, decoder_only/short, decoder_only/long,
+                                               decoder_only/cot, cross_attention/short, ...
+        train.log                              the trainer's log: "<N>epoch results: [train] ... [valid] ..."
+        images/*.png                           ESPnet's own per-metric plots (linked, not redrawn)
+        gate_values.json                       optional, cross-attention systems: {"gates": [g_1, ..., g_L]},
+                                               the per-layer gate values (the paper's Figure 2a)
+        decode_<set>/                          decoding of data/<set>: text, text_ner
+            score_cer/result.json, result.txt  espnet_llm.bin.score_cer
+            score_ner/result.json, result.txt  espnet_llm.bin.score_ner
+
+A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
+phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
+short, long, cot, then by name; sets dev, test, then by name.
+Plots go to ``<RESULTS.md's directory>/results_images/``.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult
+from espnet_llm.scoring.ner import error_table, prf_table
+
+log = logging.getLogger(__name__)
+
+PHASE_ORDER = ("short", "long", "cot")
+SET_ORDER = ("dev", "test")
+PLOT_DIR_NAME = "results_images"
+
+
+@dataclass
+class Run:
+    """One system/phase with its decodings."""
+    system: str
+    phase: str
+    path: Path
+    cer: dict[str, CerResult] = field(default_factory=dict)  # set -> result
+    ner: dict[str, dict] = field(default_factory=dict)  # set -> score_ner's result.json
+
+    @property
+    def name(self) -> str:
+        return self.system if self.phase == "-" else f"{self.system}/{self.phase}"
+
+
+def _order(name: str, first: tuple[str, ...]) -> tuple[int, str]:
+    return (first.index(name) if name in first else len(first), name)
+
+
+def find_runs(expdir: Path) -> list[Run]:
+    runs: dict[Path, Run] = {}
+    for score_json in sorted(expdir.glob("**/decode_*/score_*/result.json")):
+        decode_dir = score_json.parent.parent
+        run_dir = decode_dir.parent
+        rel = run_dir.relative_to(expdir).parts
+        if len(rel) not in (1, 2):
+            log.warning("%s: not at <expdir>/<system>[/<phase>]/decode_<set>/, skipped", score_json)
+            continue
+        run = runs.setdefault(run_dir, Run(rel[0], rel[1] if len(rel) == 2 else "-", run_dir))
+        data_set = decode_dir.name[len("decode_"):]
+        with open(score_json, encoding="utf-8") as f:
+            data = json.load(f)
+        if score_json.parent.name == "score_cer":
+            run.cer[data_set] = CerResult.from_json(data)
+        elif score_json.parent.name == "score_ner":
+            run.ner[data_set] = data
+    return sorted(runs.values(), key=lambda r: (r.system, _order(r.phase, PHASE_ORDER)))
+
+
+_EPOCH_LINE = re.compile(r"(\d+)epoch results: (.*)$")
+_SECTION = re.compile(r"\[(\w+)\] ")
+_NUMBER = re.compile(r"(\w+)=([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)(?=,|$)")
+
+
+def read_epoch_stats(train_log: Path) -> dict[int, dict[str, dict[str, float]]]:
+    """epoch -> {"train": {"loss": ...}, "valid": {...}} from ESPnet trainer's per-epoch log lines.
+
+    A resumed run may log an epoch again: the last line of an epoch wins.
+    """
+    stats: dict[int, dict[str, dict[str, float]]] = {}
+    with open(train_log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            match = _EPOCH_LINE.search(line.rstrip("\n"))
+            if not match:
+                continue
+            sections = _SECTION.split(match.group(2))  # ["", "train", body, "valid", body, ...]
+            epoch_stats = {}
+            for key, body in zip(sections[1::2], sections[2::2]):
+                epoch_stats[key] = {k: float(v) for k, v in _NUMBER.findall(body.rstrip(", "))}
+            stats[int(match.group(1))] = epoch_stats
+    return stats
+
+
+def plot_training_curves(run: Run, stats: dict, out_png: Path) -> None:
+    """Loss (train and valid) and valid accuracy per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = sorted(stats)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for section, style in (("train", "-o"), ("valid", "--s")):
+        ys = [stats[e].get(section, {}).get("loss") for e in epochs]
+        if any(y is not None for y in ys):
+            ax_loss.plot(epochs, [float("nan") if y is None else y for y in ys], style, label=section)
+        ys = [stats[e].get(section, {}).get("acc") for e in epochs]
+        if any(y is not None for y in ys):
+            ax_acc.plot(epochs, [float("nan") if y is None else y for y in ys], style, label=section)
+    ax_loss.set(title=f"{run.name}: loss", xlabel="epoch", ylabel="loss")
+    ax_acc.set(title=f"{run.name}: token accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def plot_gate_values(run: Run, gates: list[float], out_png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(1, len(gates) + 1), gates)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title=f"{run.name}: cross-attention gate per LLM layer", xlabel="layer", ylabel="gate value")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def _run_command(cmd: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"{len(names)} GPU: " + ", ".join(names)
+    return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def environment_block(repo_dir: Path) -> str:
+    """The environment lines of ESPnet's show_asr_result.sh, plus the libraries this project adds."""
+    git_hash = _run_command(["git", "rev-parse", "HEAD"], repo_dir)
+    lines = [
+        "## Environments",
+        f"- date: `{datetime.datetime.now().astimezone().strftime('%a %b %d %H:%M:%S %Z %Y')}`",
+        f"- python version: `{sys.version}`",
+        f"- espnet version: `espnet {_version('espnet')}`",
+        f"- pytorch version: `pytorch {_version('torch')}`",
+        f"- transformers version: `transformers {_version('transformers')}`",
+        f"- peft version: `peft {_version('peft')}`",
+        f"- devices: `{_devices()}`",
+        f"- Git hash: `{git_hash or 'unknown (no git commit)'}`",
+    ]
+    if git_hash:
+        commit_date = _run_command(["git", "log", "-1", "--format=%cd"], repo_dir)
+        lines.append(f"  - Commit date: `{commit_date}`")
+    return "\n".join(lines)
+
+
+def _sorted_sets(sets) -> list[str]:
+    return sorted(set(sets), key=lambda s: _order(s, SET_ORDER))
+
+
+def summary_table(runs: list[Run]) -> str:
+    sets = _sorted_sets(s for r in runs for s in list(r.cer) + list(r.ner))
+    header = ["system", "phase"] + [f"{s} CER" for s in sets]
+    for s in sets:
+        header += [f"{s} NER P", f"{s} NER R", f"{s} NER F1"]
+    lines = ["|" + "|".join(header) + "|", "|---" * len(header) + "|"]
+    for run in runs:
+        cells = [run.system, run.phase]
+        cells += [f"{run.cer[s].counts.error_rate:.1f}" if s in run.cer else "-" for s in sets]
+        for s in sets:
+            if s in run.ner:
+                micro = run.ner[s]["micro"]
+                cells += [f"{100 * micro[k]:.1f}" for k in ("precision", "recall", "f1")]
+            else:
+                cells += ["-", "-", "-"]
+        lines.append("|" + "|".join(cells) + "|")
+    return "\n".join(lines)
+
+
+def _ner_tables(ner: dict) -> list[str]:
+    lines = [prf_table(ner), "", error_table(ner)]
+    notes = [f"{len(ner[k])} {k.replace('_', ' ')}" for k in
+             ("malformed_hypotheses", "missing_hypotheses", "malformed_references") if ner[k]]
+    if notes:
+        lines += ["", "Input problems: " + "; ".join(notes) + " (listed in score_ner/result.txt)."]
+    return lines
+
+
+def write_results(expdir: str | Path, out: str | Path) -> str:
+    """Write RESULTS.md (and its plots) for every run under ``expdir``; return the summary table."""
+    expdir, out = Path(expdir), Path(out)
+    runs = find_runs(expdir)
+    if not runs:
+        raise FileNotFoundError(f"no decode_<set>/score_cer or score_ner results under {expdir}")
+    plot_dir = out.parent / PLOT_DIR_NAME
+    summary = summary_table(runs)
+    doc = [
+        "<!-- Generated by python -m espnet_llm.bin.make_results -->",
+        "# RESULTS",
+        environment_block(expdir.resolve().parent),
+        "",
+        "## Summary",
+        "CER in % (sclite or its fallback, entity marks removed); NER micro precision, recall, F1 in % "
+        "(an entity is correct when type and text match, counted as a multiset per utterance).",
+        "",
+        summary,
+        "",
+    ]
+    for run in runs:
+        doc += [f"## {run.name}", f"- exp dir: `{os.path.relpath(run.path, out.parent)}`"]
+        config = run.path / "config.yaml"
+        if config.exists():
+            doc.append(f"- config: `{os.path.relpath(config, out.parent)}`")
+        if run.cer:
+            doc += ["", "### CER", "", ESPNET_TABLE_HEADER]
+            doc += [run.cer[s].counts.table_row(f"decode_{s}") for s in _sorted_sets(run.cer)]
+            missing = {s: len(r.missing_hypotheses) for s, r in run.cer.items() if r.missing_hypotheses}
+            if missing:
+                doc += ["", "Missing hypotheses (scored as all deleted): "
+                        + ", ".join(f"{s}: {n}" for s, n in missing.items())]
+        for s in _sorted_sets(run.ner):
+            doc += ["", f"### NER ({s})", ""] + _ner_tables(run.ner[s])
+
+        figures = []
+        train_log = run.path / "train.log"
+        stats = read_epoch_stats(train_log) if train_log.exists() else {}
+        if stats:
+            png = plot_dir / f"{run.name.replace('/', '_')}_curves.png"
+            plot_training_curves(run, stats, png)
+            figures.append(f"![{run.name} training curves]({os.path.relpath(png, out.parent)})")
+        gate_file = run.path / "gate_values.json"
+        if gate_file.exists():
+            with open(gate_file, encoding="utf-8") as f:
+                gates = json.load(f)["gates"]
+            png = plot_dir / f"{run.name.replace('/', '_')}_gates.png"
+            plot_gate_values(run, gates, png)
+            figures.append(f"![{run.name} gate values]({os.path.relpath(png, out.parent)})")
+        if (run.path / "images").is_dir():
+            pngs = sorted(p.name for p in (run.path / "images").glob("*.png"))
+            if pngs:
+                figures.append(f"ESPnet's per-metric plots: `{os.path.relpath(run.path / 'images', out.parent)}/` "
+                               f"({', '.join(pngs)})")
+        if figures:
+            doc += ["", "### Training"] + ["", *figures]
+        doc.append("")
+    out.write_text("\n".join(doc), encoding="utf-8")
+    return summary

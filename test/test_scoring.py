@@ -1,0 +1,235 @@
+"""CER scoring (sclite and its fallback), the NER metric and its error breakdown, RESULTS.md."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+
+import pytest
+
+from espnet_llm.scoring.alignment import count_errors
+from espnet_llm.scoring.cer import ErrorCounts, find_sclite, parse_sclite_counts, read_kaldi_text, score_cer
+from espnet_llm.scoring.ner import score_ner
+from espnet_llm.scoring.results import read_epoch_stats, write_results
+
+SCLITE = find_sclite()
+needs_sclite = pytest.mark.skipif(SCLITE is None, reason="sclite not installed (apt-get install -y sctk)")
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- CER
+
+# insertions, deletions, substitutions, an empty hypothesis, a missing one (u5), one without a
+# reference (u9), marks and full-width letters that scoring removes or maps, ASCII case
+CER_REFS = ["u1 北京欢迎你", "u2 [张三]去<清华大学>", "u3 今天天气很好", "u4 你好", "u5 再见了",
+            "u6 OK了吗", "u7 ＫＴＶ里(北京)人"]
+CER_HYPS = ["u1 北京欢迎您们", "u2 张三去(清华)大学呀", "u3", "u4 你好", "u6 ok吗", "u7 KTV理北京人",
+            "u9 多余的"]
+CER_UTT2SPK = ["u1 s1", "u2 s1", "u3 s1", "u4 s2", "u5 s2", "u6 s2", "u7 s2"]
+
+
+@pytest.fixture
+def cer_case(tmp_path):
+    (tmp_path / "data").mkdir()
+    ref = write_lines(tmp_path / "data" / "text", CER_REFS)
+    write_lines(tmp_path / "data" / "utt2spk", CER_UTT2SPK)
+    hyp = write_lines(tmp_path / "hyp_text", CER_HYPS)
+    return ref, hyp
+
+
+def test_cer_counts_by_hand(cer_case, tmp_path):
+    ref, hyp = cer_case
+    result = score_cer(ref, hyp, tmp_path / "fb", backend="fallback")
+    # u1 C4 S1 I1 | u2 C7 I1 | u3 D6 | u4 C2 | u5 D3 (missing) | u6 C3 D1 | u7 C6 S1
+    assert result.counts == ErrorCounts(sentences=7, words=34, correct=22, substitutions=2, deletions=10,
+                                        insertions=2, sentence_errors=6)
+    assert result.missing_hypotheses == ["u5"] and result.extra_hypotheses == ["u9"]
+    assert result.counts.table_row("test") == "|test|7|34|64.7|5.9|29.4|5.9|41.2|85.7|"
+    ref_trn = (tmp_path / "fb" / "ref.trn").read_text(encoding="utf-8").splitlines()
+    hyp_trn = (tmp_path / "fb" / "hyp.trn").read_text(encoding="utf-8").splitlines()
+    assert ref_trn[1] == "张 三 去 清 华 大 学\t(s1-u2)"
+    assert ref_trn[6] == "K T V 里 北 京 人\t(s2-u7)"
+    assert hyp_trn[4] == "\t(s2-u5)"  # the missing hypothesis, written empty
+    saved = json.loads((tmp_path / "fb" / "result.json").read_text(encoding="utf-8"))
+    assert saved["counts"]["deletions"] == 10 and saved["missing_hypotheses"] == ["u5"]
+
+
+@needs_sclite
+def test_sclite_and_fallback_agree(cer_case, tmp_path):
+    ref, hyp = cer_case
+    by_sclite = score_cer(ref, hyp, tmp_path / "sclite", backend="sclite")
+    by_fallback = score_cer(ref, hyp, tmp_path / "fallback", backend="fallback")
+    assert by_sclite.backend == "sclite" and by_fallback.backend == "fallback"
+    assert by_sclite.counts == by_fallback.counts
+    # ESPnet's table is read off sclite's Sum/Avg percentage line: ours must print the same figures
+    sclite_out = (tmp_path / "sclite" / "result.txt").read_text(encoding="utf-8")
+    avg = re.search(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|([^|]*)\|", sclite_out)
+    assert by_fallback.counts.table_row("x") == "|x|" + "|".join([avg[1], avg[2]] + avg[3].split()) + "|"
+
+
+@needs_sclite
+def test_alignment_agrees_with_sclite_per_utterance(tmp_path):
+    """Random text over a small alphabet: many ties, where a unit-cost aligner would differ."""
+    rng = random.Random(0)
+    pairs = [([rng.choice("abc") for _ in range(rng.randint(0, 10))],
+              [rng.choice("abc") for _ in range(rng.randint(0, 10))]) for _ in range(600)]
+    write_lines(tmp_path / "r.trn", [" ".join(r) + f"\t(s-u{i:04d})" for i, (r, _) in enumerate(pairs)])
+    write_lines(tmp_path / "h.trn", [" ".join(h) + f"\t(s-u{i:04d})" for i, (_, h) in enumerate(pairs)])
+    out = subprocess.run([SCLITE, "-r", str(tmp_path / "r.trn"), "trn", "-h", str(tmp_path / "h.trn"), "trn",
+                          "-i", "rm", "-o", "pralign", "stdout"], capture_output=True, text=True, check=True).stdout
+    sclite_counts = {int(m[1]): tuple(map(int, m.groups()[1:])) for m in
+                     re.finditer(r"id: \(s-u(\d+)\)\nScores: \(#C #S #D #I\) (\d+) (\d+) (\d+) (\d+)", out)}
+    assert len(sclite_counts) == len(pairs)
+    assert [count_errors(r, h) for r, h in pairs] == [sclite_counts[i] for i in range(len(pairs))]
+
+
+def test_alignment_cost_model():
+    # sclite's weights (sub 4, ins/del 3) keep the match of 'b' rather than two substitutions
+    assert count_errors(list("ab"), list("bc")) == (1, 0, 1, 1)
+    assert count_errors([], list("ab")) == (0, 0, 0, 2)
+    assert count_errors(list("Ab"), list("aB")) == (2, 0, 0, 0)  # ASCII case is folded, as sclite does
+    assert count_errors(["Ä"], ["ä"]) == (0, 1, 0, 0)
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    text = write_lines(tmp_path / "text", ["u1 你好", "u2 再见", "u1 又是你"])
+    with pytest.raises(ValueError, match=r"text:3: utterance id u1 appears twice"):
+        read_kaldi_text(text)
+    with pytest.raises(ValueError, match="no 'Sum' line"):
+        parse_sclite_counts("sclite: nothing here")
+
+
+# ---------------------------------------------------------------------------------------------- NER
+
+def ner(tmp_path, refs, hyps):
+    ref = write_lines(tmp_path / "ref_text_ner", [f"u{i} {t}" for i, t in enumerate(refs)])
+    hyp = write_lines(tmp_path / "hyp_text_ner", [f"u{i} {t}" for i, t in enumerate(hyps) if t is not None])
+    score_ner(ref, hyp, tmp_path / "score_ner")
+    result = json.loads((tmp_path / "score_ner" / "result.json").read_text(encoding="utf-8"))
+    # every entity is accounted for exactly once
+    errors = result["errors"]
+    for t, s in result["per_type"].items():
+        assert s["ref"] == s["correct"] + sum(errors[k][t] for k in ("omitted", "wrong_text", "wrong_type"))
+    for t, s in result["per_type"].items():
+        hyp_err = sum(1 for line in (tmp_path / "score_ner" / "errors.txt").read_text(encoding="utf-8").splitlines()
+                      if not line.startswith("#") and line.split("\t")[3].startswith(t + ":"))
+        assert s["hyp"] == s["correct"] + hyp_err
+    return result
+
+
+def error_totals(result):
+    return {k: sum(v.values()) for k, v in result["errors"].items()}
+
+
+def test_ner_exact_and_in_a_wrong_place(tmp_path):
+    # position does not count: 北京 marked at the other occurrence, and with its context misrecognised
+    r = ner(tmp_path, ["(北京)人在北京[李四]说", "<清华大学>的老师"], ["北京人在(北京)[李四]说", "<清华大学>得老湿"])
+    assert r["micro"]["correct"] == 3 and r["micro"]["f1"] == 1.0
+    assert error_totals(r) == {"omitted": 0, "wrong_text": 0, "wrong_type": 0, "false_alarm": 0}
+
+
+def test_ner_repeated_entities_are_a_multiset(tmp_path):
+    r = ner(tmp_path, ["[张三]见了[张三]和[李四]", "(北京)"], ["[张三]见了张三和[李四]", "(北京)到(北京)"])
+    assert r["per_type"]["PER"] == {"ref": 3, "hyp": 2, "correct": 2, "precision": 1.0,
+                                    "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8)}
+    assert r["per_type"]["LOC"]["correct"] == 1 and r["per_type"]["LOC"]["hyp"] == 2
+    assert r["errors"]["omitted"]["PER"] == 1 and r["errors"]["false_alarm"]["LOC"] == 1
+    assert r["micro"]["precision"] == pytest.approx(3 / 4) and r["micro"]["recall"] == pytest.approx(3 / 4)
+
+
+def test_ner_error_breakdown(tmp_path):
+    r = ner(tmp_path,
+            ["[张三]在<清华大学>", "(上海)的朋友", "<北京大学>好", "今天很好", "[李明]来了"],
+            ["<张三>在<清华>大学", "上海的(朋友)", "(北京)大学好", "[今天]很好", "[李鸣]来了"])
+    assert r["micro"]["correct"] == 0
+    assert error_totals(r) == {"omitted": 1, "wrong_text": 2, "wrong_type": 2, "false_alarm": 2}
+    assert r["errors"]["wrong_type"] == {"PER": 1, "LOC": 0, "ORG": 1}  # by reference type
+    assert r["errors"]["wrong_text"] == {"PER": 1, "LOC": 0, "ORG": 1}
+    assert r["errors"]["omitted"]["LOC"] == 1  # 上海 not marked; 朋友 elsewhere is a false alarm
+    assert r["errors"]["false_alarm"] == {"PER": 1, "LOC": 1, "ORG": 0}
+    lines = (tmp_path / "score_ner" / "errors.txt").read_text(encoding="utf-8").splitlines()
+    assert "u0\twrong_type\tPER:张三\tORG:张三" in lines
+    assert "u0\twrong_text\tORG:清华大学\tORG:清华" in lines
+    assert "u2\twrong_type\tORG:北京大学\tLOC:北京" in lines  # overlapping, type and text wrong
+
+
+def test_ner_empty_missing_and_malformed_hypotheses(tmp_path):
+    r = ner(tmp_path, ["[张三]说", "(北京)欢迎你", "<腾讯>公司", "[王五]"], ["张三说", None, "<腾讯公司", "[王五]]"])
+    assert r["micro"] == {"ref": 4, "hyp": 1, "correct": 1, "precision": 1.0, "recall": 0.25, "f1": 0.4}
+    assert r["missing_hypotheses"] == ["u1"]
+    assert sorted(r["malformed_hypotheses"]) == ["u2", "u3"]
+    assert error_totals(r)["omitted"] == 3
+    # no hypothesis entities at all: precision is 0, not a division error
+    r = ner(tmp_path, ["[张三]说"], [""])
+    assert r["micro"]["precision"] == 0.0 and r["micro"]["f1"] == 0.0
+
+
+def test_ner_malformed_reference_is_reported_and_left_out(tmp_path):
+    r = ner(tmp_path, ["[张三说", "(北京)"], ["[张三]说", "(北京)"])
+    assert r["utterances"] == 1 and r["micro"]["ref"] == 1
+    assert "ref_text_ner:1:" in r["malformed_references"]["u0"]
+
+
+# ---------------------------------------------------------------------------------------- RESULTS.md
+
+def espnet_train_log(path, epochs):
+    """A train.log with the per-epoch lines that ESPnet's own Reporter writes."""
+    from espnet2.train.reporter import Reporter
+
+    reporter, lines = Reporter(), []
+    for epoch in range(1, epochs + 1):
+        reporter.set_epoch(epoch)
+        for key, loss, acc in (("train", 50.0 / epoch, 0.1 * epoch), ("valid", 60.0 / epoch, 0.08 * epoch)):
+            with reporter.observe(key) as sub:
+                sub.register({"loss": loss, "acc": acc})
+                sub.next()
+        lines.append(f"[host] 2025-01-01 00:00:00,000 (trainer:394) INFO: {reporter.log_message()}")
+    write_lines(path, ["[host] some other line"] + lines)
+
+
+def test_results_md_from_scored_expdir(tmp_path, cer_case):
+    ref, hyp = cer_case
+    refs_ner = write_lines(tmp_path / "ref_ner", ["u1 [张三]说", "u2 (北京)"])
+    exp = tmp_path / "exp"
+    hyps_by_run = {("conformer", "asr"): ["u1 [张三]说", "u2 (北京)"],
+                   ("decoder_only", "short"): ["u1 张三说", "u2 (北京)"],
+                   ("decoder_only", "cot"): ["u1 [张三]说"]}
+    for (system, phase), hyps_ner in hyps_by_run.items():
+        for data_set in ("dev", "test"):
+            decode = exp / system / phase / f"decode_{data_set}"
+            score_cer(ref, hyp, decode / "score_cer", backend="fallback")
+            score_ner(refs_ner, write_lines(tmp_path / "hyp_ner", hyps_ner), decode / "score_ner")
+    espnet_train_log(exp / "decoder_only" / "short" / "train.log", epochs=3)
+    (exp / "decoder_only" / "cot" / "gate_values.json").write_text(json.dumps({"gates": [0.1, -0.3, 0.5]}))
+
+    out = tmp_path / "recipe" / "RESULTS.md"
+    out.parent.mkdir()
+    summary = write_results(exp, out)
+    text = out.read_text(encoding="utf-8")
+
+    assert "## Environments" in text and "- pytorch version: `pytorch " in text and "- Git hash: `" in text
+    rows = [line for line in summary.splitlines() if line.startswith("|") and "---" not in line][1:]
+    assert [row.split("|")[1:3] for row in rows] == [["conformer", "asr"], ["decoder_only", "short"],
+                                                     ["decoder_only", "cot"]]
+    # CER 41.2 on dev and test; NER micro P/R/F1 of each system
+    assert rows[0] == "|conformer|asr|41.2|41.2|100.0|100.0|100.0|100.0|100.0|100.0|"
+    assert rows[1] == "|decoder_only|short|41.2|41.2|100.0|50.0|66.7|100.0|50.0|66.7|"
+    assert "|decode_dev|7|34|64.7|5.9|29.4|5.9|41.2|85.7|" in text
+    assert "|omitted entity|0|1|0|1|" in text  # decoder_only/cot: u2 missing, so 北京 omitted
+    assert "|omitted entity|1|0|0|1|" in text  # decoder_only/short: 张三 not marked
+    assert "Input problems: 1 missing hypotheses" in text
+    for png in ("decoder_only_short_curves.png", "decoder_only_cot_gates.png"):
+        assert f"(results_images/{png})" in text
+        assert (out.parent / "results_images" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_epoch_stats(exp / "decoder_only" / "short" / "train.log")[3]["valid"]["loss"] == 20.0
+
+
+def test_results_without_scores_is_an_error(tmp_path):
+    (tmp_path / "exp").mkdir()
+    with pytest.raises(FileNotFoundError, match="no decode_<set>"):
+        write_results(tmp_path / "exp", tmp_path / "RESULTS.md")
