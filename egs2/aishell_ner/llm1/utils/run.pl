@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Local job runner with the interface of Kaldi's run.pl (the name is kept so ESPnet-style stages
+and cmd.sh work unchanged; it is written in Python because the espnet wheel ships no runner).
+
+  utils/run.pl [options] [JOB=1:N] <log-file> <command> [<arg> ...]
+
+Runs N jobs in parallel; every "JOB" in the log path and the command becomes the job index.
+Each job's output goes to its own log file, framed by the command, start time, run time and exit
+code. Arguments without whitespace are passed to bash as they are (so "|" and ">" work, as in
+Kaldi); the others are quoted. A command given as one argument is run as a shell command line. Exits 1 naming the failed jobs and showing the end of one failed log.
+
+Options:
+  --max-jobs-run K        at most K jobs at a time (default: all)
+  --progress-interval S   while jobs run, every S seconds print the jobs finished and the last
+                          line of a running job's log (default 30; 0 = never)
+  --gpu, --mem, --num-threads, --time, --config <value>
+                          queue resources that Slurm/grid runners take: accepted, meaningless here
+"""
+import datetime
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+IGNORED_OPTIONS = {"--gpu", "--mem", "--num-threads", "--num_threads", "--time", "--config"}
+FAILED_LOG_LINES = 10
+
+
+def usage(message):
+    sys.exit(f"run.pl: {message}\n{__doc__.split(chr(10) + chr(10))[1]}")
+
+
+def parse(argv):
+    max_jobs, interval = None, 30.0
+    while argv and argv[0].startswith("--"):
+        option = argv[0]
+        if len(argv) < 2:
+            usage(f"option {option} needs a value")
+        value = argv[1]
+        if option in ("--max-jobs-run", "--max_jobs_run"):
+            max_jobs = int(value)
+        elif option in ("--progress-interval", "--progress_interval"):
+            interval = float(value)
+        elif option not in IGNORED_OPTIONS:
+            usage(f"unknown option {option}")
+        argv = argv[2:]
+    job_var, first, last = None, 1, 1
+    match = argv and re.fullmatch(r"([A-Za-z_]\w*)=(\d+)(?::(\d+))?", argv[0])
+    if match:
+        job_var, first = match.group(1), int(match.group(2))
+        last = int(match.group(3)) if match.group(3) else first
+        if last < first:
+            usage(f"empty job range {argv[0]}")
+        argv = argv[1:]
+    if len(argv) < 2:
+        usage("expected a log file and a command")
+    if len(argv) == 2:  # one argument: a whole shell command line
+        return max_jobs, interval, job_var, range(first, last + 1), argv[0], argv[1]
+    log, command = argv[0], " ".join(a if re.fullmatch(r"\S+", a) else shlex.quote(a) for a in argv[1:])
+    return max_jobs, interval, job_var, range(first, last + 1), log, command
+
+
+def substitute(text, job_var, index):
+    return text.replace(job_var, str(index)) if job_var else text
+
+
+def now():
+    return datetime.datetime.now().strftime("%a %b %d %H:%M:%S %Z %Y").replace("  ", " ")
+
+
+def run_job(command, log_path):
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"# {command}\n# Started at {now()}\n#\n")
+        log.flush()
+        code = subprocess.run(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT).returncode
+        log.write(f"# Accounting: time={time.monotonic() - start:.0f} threads=1\n# Ended (code {code}) at {now()}\n")
+    return code
+
+
+def last_line(path):
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def main(argv):
+    max_jobs, interval, job_var, indices, log, command = parse(argv)
+    logs = {i: Path(substitute(log, job_var, i)) for i in indices}
+    codes = {}
+    start = last_report = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max_jobs or len(indices)) as pool:
+        running = {pool.submit(run_job, substitute(command, job_var, i), logs[i]): i for i in indices}
+        while running:
+            done, _ = wait(running, timeout=min(1.0, interval or 1.0), return_when=FIRST_COMPLETED)
+            for future in done:
+                codes[running.pop(future)] = future.result()
+            if running and interval > 0 and time.monotonic() - last_report >= interval:
+                last_report = time.monotonic()
+                busy = min(running.values())
+                print(f"run.pl: {len(codes)}/{len(indices)} job(s) finished after {last_report - start:.0f} s; "
+                      f"{logs[busy]}: {last_line(logs[busy])}", file=sys.stderr, flush=True)
+    failed = [i for i in indices if codes[i] != 0]
+    if failed:
+        pattern = substitute(log, job_var, "*") if job_var else log
+        print(f"run.pl: {len(failed)} / {len(indices)} failed, log is in {pattern}", file=sys.stderr)
+        print("run.pl: failed: " + ", ".join(f"job {i} (code {codes[i]}, {logs[i]})" for i in failed), file=sys.stderr)
+        tail = logs[failed[0]].read_text(encoding="utf-8", errors="replace").splitlines()[-FAILED_LOG_LINES:]
+        print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
