@@ -1,0 +1,162 @@
+"""Decode with a trained speech LLM: ``python -m espnet_llm.bin.speech_llm_inference``.
+
+Writes ESPnet's ``<output_dir>/1best_recog/{text,token,score}`` and, for the NER task, ``text_ner`` (the
+current utterance with entity marks). A broken utterance (unreadable, empty, over 30 s) gets an empty
+hypothesis, is named in the log and counted; decoding goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from espnet2.fileio.datadir_writer import DatadirWriter
+from espnet2.torch_utils.device_funcs import to_device
+from espnet2.utils import config_argparse
+from espnet2.utils.types import str2triple_str, str_or_none
+from espnet.utils.cli_utils import get_commandline_args
+
+from espnet_llm.tasks.speech_llm import SpeechLLMTask
+
+
+def load_model(train_config: str, model_file: str | None, device: str, dtype: str = "float32"):
+    """The model of a training config, the trained weights (all, or trainable only) loaded over the base models."""
+    with open(train_config, encoding="utf-8") as f:
+        args = argparse.Namespace(**yaml.safe_load(f))
+    model = SpeechLLMTask.build_model(args)
+    if model_file is not None:
+        state = torch.load(model_file, map_location="cpu", weights_only=False)
+        if "module" in state:  # a DeepSpeed checkpoint
+            state = state["module"]
+        model.load_state_dict(state)  # strict on the trainable weights; the frozen ones come from the base models
+    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    return model, args
+
+
+def inference(
+    output_dir: str,
+    data_path_and_name_and_type: list,
+    speech_llm_train_config: str,
+    speech_llm_model_file: str | None,
+    key_file: str | None = None,
+    batch_size: int = 1,
+    ngpu: int = 0,
+    beam_size: int = 1,
+    max_new_tokens: int = 200,
+    dtype: str = "float32",
+    num_workers: int = 1,
+    log_interval: int = 20,
+) -> dict:
+    """Decode every utterance; returns counts (utterances, broken, parse problems)."""
+    if ngpu > 1:
+        raise NotImplementedError("decode with --ngpu 0 or 1; split the data for more (ESPnet's --inference_nj)")
+    device = "cuda" if ngpu > 0 else "cpu"
+    model, train_args = load_model(speech_llm_train_config, speech_llm_model_file, device, dtype)
+    tokenizer = model.layout.tokenizer
+    loader = SpeechLLMTask.build_streaming_iterator(
+        data_path_and_name_and_type,
+        preprocess_fn=SpeechLLMTask.preprocessor_for(train_args, data_path_and_name_and_type),
+        collate_fn=SpeechLLMTask.build_collate_fn(train_args, False),
+        key_file=key_file,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        ngpu=ngpu,
+        inference=True,
+        allow_variable_data_keys=True,  # text/text_ner may be given alongside, for convenience; unused
+    )
+    counts = {"utterances": 0, "broken": 0, "with_problems": 0}
+    broken_ids, audio_seconds, start = [], 0.0, time.perf_counter()
+    sample_rate = train_args.preprocessor_conf.get("sample_rate", 16000)
+    with DatadirWriter(output_dir) as writer:
+        best = writer["1best_recog"]
+        for batch_index, (keys, batch) in enumerate(loader, 1):
+            batch = to_device(batch, device)
+            speech, speech_lengths = batch["speech"], batch["speech_lengths"]
+            keep = [i for i, n in enumerate(speech_lengths.tolist()) if n > 0]
+            results = {}
+            if keep:
+                segments = batch.get("speech_segments")
+                decoded = model.generate(
+                    speech[keep].to(getattr(torch, dtype)),
+                    speech_lengths[keep],
+                    segments[keep] if segments is not None else None,
+                    beam_size=beam_size,
+                    max_new_tokens=max_new_tokens,
+                )
+                results = dict(zip(keep, decoded))
+            for i, key in enumerate(keys):
+                counts["utterances"] += 1
+                if i not in results:
+                    counts["broken"] += 1
+                    broken_ids.append(key)
+                    logging.warning(f"utterance {key}: broken (reason logged above): empty hypothesis written")
+                    ids, score, parsed = [], float("-inf"), None
+                else:
+                    ids, score, parsed = results[i]
+                    if parsed.problems:
+                        counts["with_problems"] += 1
+                        logging.warning(f"utterance {key}: repaired model output: {'; '.join(parsed.problems)}")
+                best["text"][key] = parsed.text if parsed else ""
+                best["token"][key] = " ".join(tokenizer.convert_ids_to_tokens(ids))
+                best["score"][key] = str(score)
+                if model.layout.task == "ner":
+                    best["text_ner"][key] = parsed.marked if parsed else ""
+            audio_seconds += float(speech_lengths.sum()) / sample_rate
+            if batch_index % log_interval == 0:
+                elapsed = time.perf_counter() - start
+                logging.info(
+                    f"decoded {counts['utterances']} utterances, {counts['utterances'] / elapsed:.2f} utt/s, "
+                    f"RTF {elapsed / max(audio_seconds, 1e-9):.3f}"
+                )
+    elapsed = time.perf_counter() - start
+    logging.info(
+        f"done: {counts['utterances']} utterances in {elapsed:.1f} s (RTF {elapsed / max(audio_seconds, 1e-9):.3f}); "
+        f"{counts['broken']} broken{': ' + ' '.join(broken_ids) if broken_ids else ''}; "
+        f"{counts['with_problems']} outputs repaired by the parser"
+    )
+    return counts
+
+
+def get_parser():
+    parser = config_argparse.ArgumentParser(
+        description="Speech LLM decoding", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--log_level", type=lambda x: x.upper(), default="INFO",
+                        choices=("ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"))
+    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: one GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--num_workers", type=int, default=1)
+    group = parser.add_argument_group("Input data related")
+    group.add_argument("--data_path_and_name_and_type", type=str2triple_str, required=True, action="append")
+    group.add_argument("--key_file", type=str_or_none)
+    group.add_argument("--batch_size", type=int, default=1)
+    group = parser.add_argument_group("The model configuration related")
+    group.add_argument("--speech_llm_train_config", type=str, required=True)
+    group.add_argument("--speech_llm_model_file", type=str_or_none)
+    group = parser.add_argument_group("Decoding related")
+    group.add_argument("--beam_size", type=int, default=1, help="1: greedy search")
+    group.add_argument("--max_new_tokens", type=int, default=200)
+    group.add_argument("--log_interval", type=int, default=20, help="batches between progress lines")
+    return parser
+
+
+def main(cmd=None):
+    print(get_commandline_args(), file=sys.stderr)
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    torch.manual_seed(args.seed)
+    kwargs = vars(args)
+    for k in ("log_level", "seed", "config"):
+        kwargs.pop(k, None)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    inference(**kwargs)
+
+
+if __name__ == "__main__":
+    main()

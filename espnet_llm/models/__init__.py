@@ -1,0 +1,1 @@
+"""Speech LLMs: Whisper + ChatGLM3, decoder-only and encoder-decoder, as ESPnet models."""

@@ -1,0 +1,62 @@
+"""Gated cross-attention inserted before chosen LLM decoder layers (Flamingo's tanh gate).
+
+Hand-written: transformers' GLM has no cross-attention. The gate starts at 0, so tanh(0) = 0 and the
+untrained model is exactly the LLM; training opens each layer's gate as far as the speech helps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SpeechMemory:
+    """The encoded speech the cross-attention layers read; set by the model around each LLM call.
+
+    The layers are called by transformers' GlmModel, which passes no extra inputs, hence this holder.
+    """
+
+    def __init__(self):
+        self.feats: torch.Tensor | None = None  # (B, S, D)
+        self.mask: torch.Tensor | None = None  # (B, S) True where a real frame is
+
+
+class GatedCrossAttention(nn.Module):
+    def __init__(self, hidden_size: int, memory_size: int, attention_size: int, num_heads: int, eps: float = 1e-5):
+        super().__init__()
+        if attention_size % num_heads:
+            raise ValueError(f"attention_size {attention_size} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.query = nn.Linear(hidden_size, attention_size, bias=False)
+        self.key = nn.Linear(memory_size, attention_size, bias=False)
+        self.value = nn.Linear(memory_size, attention_size, bias=False)
+        self.out = nn.Linear(attention_size, hidden_size, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        heads = lambda x: x.view(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        memory = memory.to(hidden.dtype)
+        q = heads(self.query(self.norm(hidden)))
+        k, v = heads(self.key(memory)), heads(self.value(memory))
+        # a row without any frame (never passed in practice) would give NaN; let it see its padding instead
+        mask = mask | ~mask.any(-1, keepdim=True)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        attended = attended.transpose(1, 2).reshape(batch, length, -1)
+        return hidden + torch.tanh(self.gate).to(hidden.dtype) * self.out(attended)
+
+
+class CrossAttendingDecoderLayer(nn.Module):
+    """A GlmDecoderLayer with a gated cross-attention block in front of it."""
+
+    def __init__(self, layer: nn.Module, cross_attention: GatedCrossAttention, memory: SpeechMemory):
+        super().__init__()
+        self.layer = layer
+        self.cross_attention = cross_attention
+        self.memory = memory
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.memory.feats is None:
+            raise RuntimeError("the cross-attention layers were called without speech memory")
+        hidden_states = self.cross_attention(hidden_states, self.memory.feats, self.memory.mask)
+        return self.layer(hidden_states, *args, **kwargs)

@@ -1,0 +1,66 @@
+"""Encoder-decoder speech LLM: ChatGLM3 layers cross-attend to Whisper features through tanh gates.
+
+No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from espnet_llm.models.cross_attention import CrossAttendingDecoderLayer, GatedCrossAttention, SpeechMemory
+from espnet_llm.models.speech_llm import SpeechLLM
+
+
+class EncoderDecoderSpeechLLM(SpeechLLM):
+    def __init__(
+        self,
+        speech_encoder,
+        adapter,
+        llm,
+        layout,
+        cross_attention_layers: list[int] | None = None,
+        attention_size: int | None = None,
+        num_heads: int | None = None,
+        **kwargs,
+    ):
+        """cross_attention_layers: LLM layer indices to give a cross-attention block (None: every layer).
+
+        attention_size: width of the cross-attention (default: the speech memory's width);
+        num_heads: its heads (default: attention_size / 64, Whisper's head size).
+        """
+        super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
+        memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
+        attention_size = attention_size or memory_size
+        num_heads = num_heads or max(1, attention_size // 64)
+        layers = llm.decoder_layers
+        chosen = range(len(layers)) if cross_attention_layers is None else cross_attention_layers
+        self.memory = SpeechMemory()
+        hidden = llm.hidden_size
+        eps = llm.config.rms_norm_eps
+        for i in chosen:
+            block = GatedCrossAttention(hidden, memory_size, attention_size, num_heads, eps)
+            block.to(device=next(layers[i].parameters()).device)
+            layers[i] = CrossAttendingDecoderLayer(layers[i], block, self.memory)
+        self.cross_attention_layers = list(chosen)
+
+    def speech_in_prompt(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats[:0].new_zeros(0, self.llm.hidden_size).to(self.llm.causal_lm.dtype)
+
+    @contextlib.contextmanager
+    def attending_to(self, memory, memory_lengths, repeat: int = 1):
+        mask = torch.arange(memory.shape[1], device=memory.device)[None] < memory_lengths[:, None]
+        # beam search runs beam_size copies of each row side by side (transformers' repeat_interleave)
+        self.memory.feats = memory.repeat_interleave(repeat, 0)
+        self.memory.mask = mask.repeat_interleave(repeat, 0)
+        try:
+            yield
+        finally:
+            self.memory.feats = self.memory.mask = None
+
+    def gate_values(self) -> dict[int, float]:
+        """tanh(gate) per LLM layer (the paper's Figure 2a)."""
+        return {
+            i: float(torch.tanh(self.llm.decoder_layers[i].cross_attention.gate))
+            for i in self.cross_attention_layers
+        }

@@ -1,0 +1,230 @@
+"""What both speech LLMs share: encoding the speech segments, skipping broken utterances, the target loss,
+trainable-only checkpoints, and batched generation.
+
+A batch row holds one utterance and, for the long-form tasks, its history: ``speech`` is the audio of the
+K previous utterances followed by the current one, ``speech_segments`` says where each ends. Each
+segment goes through Whisper on its own (as Whisper was trained, at most 30 s each) and the encoded
+segments are joined in time order. A row whose ``speech_lengths`` is 0 is a broken utterance (the
+preprocessor already said why); it is skipped, named in the log and counted.
+"""
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+
+import torch
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from espnet_llm.models.prompts import ParsedOutput, PromptLayout
+
+IGNORE = -100
+
+
+class SpeechLLM(AbsESPnetModel):
+    def __init__(
+        self,
+        speech_encoder: nn.Module,
+        adapter: nn.Module | None,
+        llm: nn.Module,
+        layout: PromptLayout,
+        save_trainable_only: bool = True,
+        extract_feats_in_collect_stats: bool = False,  # nothing to normalise: collect_stats only counts lengths
+    ):
+        super().__init__()
+        self.speech_encoder = speech_encoder
+        self.adapter = adapter
+        self.llm = llm
+        self.layout = layout
+        self.save_trainable_only = save_trainable_only
+        self.extract_feats_in_collect_stats = extract_feats_in_collect_stats
+        self.num_broken = 0
+        for p in self.speech_encoder.parameters():
+            p.requires_grad_(False)  # Whisper stays frozen in every phase
+
+    # ---------------------------------------------------------------- speech
+    def encode_speech(self, speech, speech_lengths, segment_lengths=None):
+        """-> memory (B, S, D), memory_lengths (B,): the encoded (and adapted) segments of each row, joined."""
+        pieces, owner = [], []
+        for b in range(speech.shape[0]):
+            lens = [int(speech_lengths[b])] if segment_lengths is None else [int(x) for x in segment_lengths[b] if x > 0]
+            start = 0
+            for n in lens:
+                pieces.append(speech[b, start:start + n])
+                owner.append(b)
+                start += n
+        if not pieces:
+            raise ValueError("no speech in the batch")
+        wav = pad_sequence(pieces, batch_first=True)
+        wav_lengths = torch.tensor([len(p) for p in pieces], device=speech.device)
+        with torch.no_grad():
+            feats, feat_lengths = self.speech_encoder(wav, wav_lengths)
+        if self.adapter is not None:
+            feats, feat_lengths = self.adapter(feats, feat_lengths)
+        rows: list[list[torch.Tensor]] = [[] for _ in range(speech.shape[0])]
+        for i, b in enumerate(owner):
+            rows[b].append(feats[i, : int(feat_lengths[i])])
+        joined = [torch.cat(r) for r in rows]
+        memory = pad_sequence(joined, batch_first=True)
+        return memory, torch.tensor([len(j) for j in joined], device=speech.device)
+
+    def drop_broken(self, utt_id, speech_lengths) -> torch.Tensor:
+        """Indices of the usable rows; logs the broken ones by id."""
+        broken = (speech_lengths == 0).nonzero().flatten().tolist()
+        if broken:
+            self.num_broken += len(broken)
+            names = [utt_id[i] if utt_id is not None else f"row {i}" for i in broken]
+            logging.warning(
+                f"skipping {len(broken)} broken utterance(s) (unreadable, empty or too long; see the reason logged "
+                f"when loading): {' '.join(names)}; {self.num_broken} skipped so far in this process"
+            )
+        return (speech_lengths > 0).nonzero().flatten()
+
+    # ---------------------------------------------------------------- training
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        speech_segments: torch.Tensor | None = None,
+        speech_segments_lengths: torch.Tensor | None = None,
+        utt_id: list[str] | None = None,
+        **kwargs,
+    ):
+        keep = self.drop_broken(utt_id, speech_lengths)
+        if len(keep) == 0:
+            # every parameter still takes part, so DDP's gradient all-reduce stays in step
+            loss = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return force_gatherable((loss, {"loss": None, "acc": None}, torch.tensor(0)), loss.device)
+        speech, speech_lengths = speech[keep], speech_lengths[keep]
+        text, text_lengths = text[keep], text_lengths[keep]
+        if speech_segments is not None:
+            speech_segments = speech_segments[keep]
+        memory, memory_lengths = self.encode_speech(speech, speech_lengths, speech_segments)
+        targets = [text[b, : int(text_lengths[b])] for b in range(len(keep))]
+        hidden, labels = self.teacher_forced_states(memory, memory_lengths, targets)
+        # states at position t predict the token at t + 1; only target positions are scored
+        hidden, labels = hidden[:, :-1], labels[:, 1:]
+        scored = labels != IGNORE
+        logits = self.llm.logits(hidden[scored]).float()
+        gold = labels[scored]
+        loss = nn.functional.cross_entropy(logits, gold)
+        acc = (logits.argmax(-1) == gold).float().mean()
+        stats = {"loss": loss.detach(), "acc": acc.detach()}
+        return force_gatherable((loss, stats, torch.tensor(len(keep))), loss.device)
+
+    def collect_feats(self, speech, speech_lengths, **kwargs):
+        return {"feats": speech, "feats_lengths": speech_lengths}
+
+    def prompt_embeddings(self, memory, memory_lengths) -> list[torch.Tensor]:
+        """Each row's prompt as embeddings (P_b, H)."""
+        device = memory.device
+        prefix = self.llm.embed(torch.tensor(self.layout.prefix_ids, device=device))
+        suffix = self.llm.embed(torch.tensor(self.layout.suffix_ids, device=device))
+        return [
+            torch.cat([prefix, self.speech_in_prompt(memory[b, : int(memory_lengths[b])]), suffix])
+            for b in range(memory.shape[0])
+        ]
+
+    def teacher_forced_states(self, memory, memory_lengths, targets):
+        """Right-padded [prompt | target] through the LLM -> states (B, L, H) and labels (B, L)."""
+        prompts = self.prompt_embeddings(memory, memory_lengths)
+        rows, labels = [], []
+        for prompt, target in zip(prompts, targets):
+            rows.append(torch.cat([prompt, self.llm.embed(target)]))
+            labels.append(torch.cat([target.new_full((len(prompt),), IGNORE), target]))
+        embeds = pad_sequence(rows, batch_first=True)
+        labels = pad_sequence(labels, batch_first=True, padding_value=IGNORE)
+        mask = pad_sequence([torch.ones(len(r), dtype=torch.long, device=embeds.device) for r in rows], batch_first=True)
+        with self.attending_to(memory, memory_lengths):
+            return self.llm.hidden_states(embeds, mask), labels
+
+    # ---------------------------------------------------------------- architecture hooks
+    @abstractmethod
+    def speech_in_prompt(self, feats: torch.Tensor) -> torch.Tensor:
+        """The speech embeddings a row puts in its prompt (none for the encoder-decoder)."""
+
+    @abstractmethod
+    def attending_to(self, memory, memory_lengths, repeat: int = 1):
+        """A context in which the LLM sees the speech memory (a no-op for the decoder-only model)."""
+
+    # ---------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        speech_segments: torch.Tensor | None = None,
+        beam_size: int = 1,
+        max_new_tokens: int = 200,
+        **kwargs,
+    ) -> list[tuple[list[int], float, ParsedOutput]]:
+        """Batched greedy (beam_size 1) or beam search with the KV cache, for rows that are not broken.
+
+        Returns per row (generated ids, log-probability, parsed output); broken rows must be removed before.
+        """
+        memory, memory_lengths = self.encode_speech(speech, speech_lengths, speech_segments)
+        prompts = self.prompt_embeddings(memory, memory_lengths)
+        width = max(len(p) for p in prompts)
+        # left padding: every row's last prompt token sits at the same place, where generation continues
+        embeds = torch.stack([nn.functional.pad(p, (0, 0, width - len(p), 0)) for p in prompts])
+        mask = torch.stack(
+            [torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]
+        ).long().to(embeds.device)
+        with self.attending_to(memory, memory_lengths, repeat=beam_size):
+            out = self.llm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=beam_size,
+                do_sample=False,
+                eos_token_id=self.layout.stop_ids,
+                pad_token_id=self.layout.eos_id,
+                return_dict_in_generate=True,
+                output_scores=True,
+                use_cache=True,
+            )
+        if beam_size > 1:
+            scores = out.sequences_scores.tolist()  # length-normalised by transformers' beam search
+        else:
+            steps = self.llm.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        results = []
+        for b, seq in enumerate(out.sequences.tolist()):
+            ids = seq
+            for stop in self.layout.stop_ids:
+                if stop in ids:
+                    ids = ids[: ids.index(stop)]
+            score = scores[b] if beam_size > 1 else float(steps[b, : len(ids) + 1].sum())
+            results.append((ids, score, self.layout.parse(ids)))
+        return results
+
+    # ---------------------------------------------------------------- checkpoints
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, **kwargs):
+        """With save_trainable_only, only what training changes: LoRA, adapter or cross-attention, task tokens.
+
+        ESPnet's trainer saves model.state_dict() each epoch; for ChatGLM3-6B the full one is 12 GB.
+        """
+        state = super().state_dict(*args, **kwargs)
+        if not self.save_trainable_only:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        keep = {prefix + n for n in self.trainable_names()}
+        return type(state)((k, v) for k, v in state.items() if k in keep)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load over the base models: frozen weights may be absent, every trainable one must be there."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            missing = sorted(set(result.missing_keys) & self.trainable_names())
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"checkpoint does not fit the model: missing trainable {missing[:5]}"
+                    f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+                )
+        return result

@@ -1,0 +1,1 @@
+"""ESPnet tasks of the project (the speech LLM task)."""

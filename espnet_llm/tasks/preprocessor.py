@@ -1,0 +1,132 @@
+"""From the data directory's entries of one utterance to the speech LLM's arrays.
+
+Inputs (names in ``--*_data_path_and_name_and_type``): ``speech`` (wav.scp, sound), ``text`` (text),
+``text_ner`` (text_ner, for the NER task), ``history`` (utt2history: ids of the previous utterances of the
+same speaker). Outputs: ``speech`` (history audio then the current utterance), ``speech_segments``
+(samples per utterance, for the history tasks) and ``text`` (target token ids, end token included; not
+at inference).
+
+History resolution: ``utt2history`` names utterances, not audio, so the preprocessor opens, next to each
+``speech`` entry it is given (train and valid sets alike, since ESPnet's collect-stats mode reads both
+with the same preprocessor), the same scp with ESPnet's own loader for that data type, and the ``text``
+files beside them. Utterance ids are unique across AISHELL's sets; an id found twice with different
+audio is an error.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+from espnet2.fileio.read_text import read_2columns_text
+from espnet2.train.dataset import DATA_TYPES
+
+from espnet_llm.models.prompts import PromptLayout
+
+
+class FaultTolerantLoader(Mapping):
+    """Wraps an ESPnet audio loader: an unreadable entry is logged with its id and read as empty audio,
+    which the model skips and counts, so one corrupt file never ends a run."""
+
+    def __init__(self, loader: Mapping, description: str):
+        self.loader = loader
+        self.description = description
+
+    def __getitem__(self, key):
+        try:
+            return self.loader[key]
+        except KeyError:
+            raise
+        except Exception as e:  # soundfile, kaldiio and OS errors alike
+            logging.warning(f"utterance {key}: cannot read audio from {self.description}: {type(e).__name__}: {e}")
+            return np.zeros(0, dtype=np.float32)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def open_entry(path: str, data_type: str) -> Mapping:
+    """ESPnet's loader for one scp (sound, kaldi_ark, ...), wrapped to survive unreadable entries."""
+    spec = DATA_TYPES[data_type]
+    kwargs = {"float_dtype": "float32", "allow_multi_rates": False, "max_cache_fd": 0}
+    loader = spec["func"](path, **{k: kwargs[k] for k in spec["kwargs"] if k in kwargs})
+    return FaultTolerantLoader(loader, f"{path} ({data_type})")
+
+
+class SpeechLLMPreprocessor:
+    def __init__(
+        self,
+        layout: PromptLayout,
+        data_path_and_name_and_type: list[tuple[str, str, str]] = (),
+        num_history: int = 0,
+        sample_rate: int = 16000,
+        max_speech_seconds: float = 30.0,
+    ):
+        self.layout = layout
+        self.num_history = num_history if layout.uses_history else 0
+        self.sample_rate = sample_rate
+        self.max_samples = int(max_speech_seconds * sample_rate)
+        self.history_audio: dict[str, Mapping] = {}
+        self.history_text: dict[str, str] = {}
+        if self.num_history:
+            self._index_history(data_path_and_name_and_type)
+
+    def _index_history(self, entries):
+        seen: dict[str, str] = {}
+        for path, name, data_type in entries:
+            if name == "speech":
+                loader = open_entry(path, data_type)
+                for uid in loader:
+                    if uid in seen and seen[uid] != path:
+                        raise ValueError(f"utterance {uid} is in both {seen[uid]} and {path}: ids must be unique")
+                    seen[uid] = path
+                    self.history_audio[uid] = loader
+            elif name == "text":
+                self.history_text.update(read_2columns_text(path))
+
+    def _check_audio(self, uid: str, wav: np.ndarray) -> str | None:
+        """Why this audio cannot be used, or None."""
+        if wav.ndim != 1:
+            return f"{wav.ndim}-dimensional audio (expected mono)"
+        if len(wav) == 0:
+            return "empty or unreadable audio"
+        if len(wav) > self.max_samples:
+            return f"{len(wav) / self.sample_rate:.1f} s of audio, over Whisper's {self.max_samples / self.sample_rate:.0f} s"
+        return None
+
+    def __call__(self, uid: str, data: dict) -> dict:
+        wav = np.asarray(data["speech"], dtype=np.float32)
+        problem = self._check_audio(uid, wav)
+        if problem is not None:
+            logging.warning(f"utterance {uid}: {problem}: skipped")
+            wav = np.zeros(0, dtype=np.float32)  # zero length marks the row broken for the model
+        segments, history_ids, history_texts = [], [], []
+        for hid in data.get("history", "").split()[-self.num_history:] if self.num_history else []:
+            if hid not in self.history_audio:
+                raise KeyError(f"utterance {uid}: history utterance {hid} is in no speech entry given")
+            hwav = np.asarray(self.history_audio[hid][hid], dtype=np.float32)
+            hproblem = self._check_audio(hid, hwav)
+            if hproblem is not None:
+                logging.warning(f"utterance {uid}: history utterance {hid}: {hproblem}: left out of the history")
+                continue
+            segments.append(hwav)
+            history_ids.append(hid)
+            history_texts.append(self.history_text.get(hid))
+        out = {}
+        if len(wav) == 0:  # broken: no history either, the row is skipped as a whole
+            segments = []
+        segments.append(wav)
+        out["speech"] = np.concatenate(segments)
+        if self.layout.uses_history:
+            out["speech_segments"] = np.array([len(s) for s in segments], dtype=np.int64)
+        if "text" in data:
+            if any(t is None for t in history_texts):
+                missing = [h for h, t in zip(history_ids, history_texts) if t is None]
+                raise KeyError(f"utterance {uid}: no transcript for history utterances {missing}")
+            out["text"] = np.array(
+                self.layout.target_ids(data["text"], data.get("text_ner"), history_texts), dtype=np.int64
+            )
+        return out

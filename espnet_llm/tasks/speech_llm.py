@@ -1,0 +1,199 @@
+"""The speech LLM task: ESPnet's AbsTask built from YAML, with ESPnet's trainer, iterators and collate.
+
+``conf/train_*.yaml`` chooses ``model`` (decoder_only | encoder_decoder), ``speech_encoder`` (whisper),
+``speech_adapter`` (frame_stack | none; ESPnet's own ``--adapter`` is its LoRA-for-encoders option), ``llm`` (chatglm3), each with its ``*_conf``, plus ``prompt_task``
+(asr_short | asr_long | ner) and ``num_history`` (K previous utterances for the long-form tasks).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from espnet2.tasks.abs_task import AbsTask
+from espnet2.torch_utils.model_summary import model_summary
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.dataset import ESPnetDataset
+from espnet2.train.trainer import Trainer
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
+from torch import nn
+from torch.utils.data import DataLoader
+
+from espnet_llm.models.adapter import FrameStackAdapter
+from espnet_llm.models.decoder_only import DecoderOnlySpeechLLM
+from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
+from espnet_llm.models.llm import ChatGLM3LLM
+from espnet_llm.models.param_count import trainable_report
+from espnet_llm.models.prompts import TASKS, PromptLayout
+from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, whisper_encoder_on_meta
+from espnet_llm.tasks.preprocessor import FaultTolerantLoader, SpeechLLMPreprocessor
+
+model_choices = ClassChoices(
+    "model",
+    classes=dict(decoder_only=DecoderOnlySpeechLLM, encoder_decoder=EncoderDecoderSpeechLLM),
+    type_check=AbsESPnetModel,
+    default="decoder_only",
+)
+speech_encoder_choices = ClassChoices(
+    "speech_encoder", classes=dict(whisper=WhisperSpeechEncoder), default="whisper"
+)
+adapter_choices = ClassChoices(
+    "speech_adapter", classes=dict(frame_stack=FrameStackAdapter), default="frame_stack", optional=True
+)
+llm_choices = ClassChoices("llm", classes=dict(chatglm3=ChatGLM3LLM), default="chatglm3")
+
+
+class WhisperArchitecture(nn.Module):
+    """Whisper's encoder without weights, for dry runs and parameter counts (the frozen encoder adds no
+    trainable parameter, only its width matters)."""
+
+    def __init__(self, model_path: str, **ignored):
+        super().__init__()
+        from transformers import WhisperConfig
+
+        self.encoder = whisper_encoder_on_meta(WhisperConfig.from_pretrained(model_path).to_dict())
+
+    def output_size(self) -> int:
+        return self.encoder.config.d_model
+
+
+class SpeechLLMTask(AbsTask):
+    num_optimizers: int = 1
+    class_choices_list = [model_choices, speech_encoder_choices, adapter_choices, llm_choices]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser):
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument("--prompt_task", choices=TASKS, default="asr_short", help="what the model is taught")
+        group.add_argument(
+            "--num_history", type=int, default=0,
+            help="previous utterances of the speaker put before the current one (asr_long and ner)",
+        )
+        group.add_argument(
+            "--preprocessor_conf", action=NestedDictAction, default=dict(),
+            help="SpeechLLMPreprocessor options: sample_rate, max_speech_seconds",
+        )
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args, train: bool):
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=-1)
+
+    @classmethod
+    def build_preprocess_fn(cls, args, train: bool):
+        # Train and valid lists both: ESPnet's collect-stats mode reads both sets with train=False.
+        entries = list(args.train_data_path_and_name_and_type) + list(args.valid_data_path_and_name_and_type)
+        return cls.preprocessor_for(args, entries)
+
+    @classmethod
+    def preprocessor_for(cls, args, entries) -> SpeechLLMPreprocessor:
+        layout = PromptLayout(cls.tokenizer(args), args.prompt_task)
+        return SpeechLLMPreprocessor(layout, entries, num_history=args.num_history, **args.preprocessor_conf)
+
+    @classmethod
+    def tokenizer(cls, args):
+        from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+
+        return ChatGLM3Tokenizer(str(Path(args.llm_conf["model_path"]) / "tokenizer.model"))
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False):
+        return ("speech",) if inference else ("speech", "text")
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False):
+        return ("text_ner", "history")
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace, load_weights: bool = True) -> AbsESPnetModel:
+        """load_weights=False: the architecture only, from the config files (run under the meta device)."""
+        llm = llm_choices.get_class(args.llm)(**args.llm_conf, load_weights=load_weights)
+        speech_conf = args.speech_encoder_conf
+        if load_weights or str(speech_conf["model_path"]).endswith(".pt"):
+            speech_encoder = speech_encoder_choices.get_class(args.speech_encoder)(**speech_conf)
+        else:
+            speech_encoder = WhisperArchitecture(**speech_conf)
+        adapter_class = adapter_choices.get_class(args.speech_adapter)
+        adapter = None
+        if adapter_class is not None:
+            conf = {"output_size": llm.hidden_size, **args.speech_adapter_conf}
+            adapter = adapter_class(input_size=speech_encoder.output_size(), **conf)
+        layout = PromptLayout(llm.tokenizer, args.prompt_task)
+        model = model_choices.get_class(args.model)(speech_encoder, adapter, llm, layout, **args.model_conf)
+        logging.info("trainable parameters:\n" + trainable_report(model))
+        return model
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace):
+        if args.dry_run:
+            cls.dry_run(args)
+            return
+        if args.collect_stats:  # only lengths are collected: ESPnet then builds no model, no LLM is loaded
+            args.model_conf = {**args.model_conf, "extract_feats_in_collect_stats": False}
+        super().main_worker(args)
+
+    @classmethod
+    def dry_run(cls, args: argparse.Namespace):
+        """Build the configured model at its real size on the meta device (no weights read) and report it."""
+        logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+        with torch.device("meta"):
+            model = cls.build_model(args, load_weights=False)
+        logging.info(model_summary(model))
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with (output_dir / "config.yaml").open("w", encoding="utf-8") as f:
+            yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)
+        logging.info(f"dry run: configuration checked and written to {output_dir / 'config.yaml'}")
+
+    # ---------------------------------------------------------------- data
+    @classmethod
+    def build_dataset(cls, args, iter_options, keys_to_load=None):
+        dataset = super().build_dataset(args, iter_options, keys_to_load)
+        return fault_tolerant(dataset)
+
+    @classmethod
+    def build_streaming_iterator(
+        cls,
+        data_path_and_name_and_type,
+        preprocess_fn,
+        collate_fn,
+        key_file: str | None = None,
+        batch_size: int = 1,
+        dtype=np.float32,
+        num_workers: int = 1,
+        allow_variable_data_keys: bool = False,
+        ngpu: int = 0,
+        inference: bool = False,
+        mode: str | None = None,
+        multi_task_dataset: bool = False,
+    ) -> DataLoader:
+        """Batches of utterances in key order (collect-stats, decoding), tolerant of unreadable audio.
+
+        ESPnet's own streaming dataset reads audio where no error can be caught per utterance, so the
+        map-style ESPnetDataset is used, over the keys of key_file (or of the first data file).
+        """
+        dataset = fault_tolerant(
+            ESPnetDataset(data_path_and_name_and_type, preprocess=preprocess_fn, float_dtype=np.dtype(dtype).name)
+        )
+        cls.check_task_requirements(dataset, allow_variable_data_keys, train=False, inference=inference)
+        key_source = key_file or data_path_and_name_and_type[0][0]
+        with open(key_source, encoding="utf-8") as f:
+            keys = [line.split(maxsplit=1)[0] for line in f if line.strip()]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        return DataLoader(
+            dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, pin_memory=ngpu > 0
+        )
+
+
+def fault_tolerant(dataset: ESPnetDataset) -> ESPnetDataset:
+    """An unreadable audio file becomes an empty utterance (logged by id, skipped by the model)."""
+    path, data_type = dataset.debug_info["speech"]
+    dataset.loader_dict["speech"] = FaultTolerantLoader(dataset.loader_dict["speech"], f"{path} ({data_type})")
+    return dataset

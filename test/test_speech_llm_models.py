@@ -1,0 +1,242 @@
+"""The speech LLM model classes on the tiny models: both architectures, three tasks, losses, masks, checkpoints."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from espnet_llm.llm.chatglm3 import load_chatglm3
+from espnet_llm.models.prompts import PromptLayout
+from espnet_llm.models.speech_llm import IGNORE
+from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
+from espnet_llm.tasks.speech_llm import SpeechLLMTask
+
+ARCHITECTURES = ("decoder_only", "encoder_decoder")
+TASKS = ("asr_short", "asr_long", "ner")
+
+
+def model_args(tiny_models, arch="decoder_only", task="asr_short", **llm_conf):
+    return argparse.Namespace(
+        model=arch,
+        model_conf={},
+        speech_encoder="whisper",
+        speech_encoder_conf={"model_path": str(tiny_models / "whisper")},
+        speech_adapter="frame_stack" if arch == "decoder_only" else None,
+        speech_adapter_conf={},
+        llm="chatglm3",
+        llm_conf={"model_path": str(tiny_models / "chatglm3"), "lora_rank": 4, "lora_dropout": 0.0, **llm_conf},
+        prompt_task=task,
+        num_history=2,
+        preprocessor_conf={},
+    )
+
+
+def build(tiny_models, arch="decoder_only", task="asr_short", seed=0):
+    torch.manual_seed(seed)
+    return SpeechLLMTask.build_model(model_args(tiny_models, arch, task))
+
+
+def batch_for(model, rows, seed=0):
+    """rows: list of (seconds per segment, transcript, marked, history transcripts) -> model inputs."""
+    g = torch.Generator().manual_seed(seed)
+    wavs, segs, targets = [], [], []
+    for seconds, text, marked, history in rows:
+        pieces = [0.1 * torch.randn(int(s * 16000), generator=g) for s in seconds]
+        wavs.append(torch.cat(pieces))
+        segs.append([len(p) for p in pieces])
+        targets.append(model.layout.target_ids(text, marked, history))
+    pad = torch.nn.utils.rnn.pad_sequence
+    batch = dict(
+        speech=pad(wavs, batch_first=True),
+        speech_lengths=torch.tensor([len(w) for w in wavs]),
+        text=pad([torch.tensor(t) for t in targets], batch_first=True, padding_value=-1),
+        text_lengths=torch.tensor([len(t) for t in targets]),
+        utt_id=[f"utt{i}" for i in range(len(rows))],
+    )
+    if model.layout.uses_history:
+        batch["speech_segments"] = pad([torch.tensor(s) for s in segs], batch_first=True, padding_value=-1)
+    return batch
+
+
+ROWS = [
+    ((1.0, 0.8, 1.2), "北京欢迎你", "(北京)欢迎你", ["你好", "今天"]),
+    ((1.5,), "张三来了", "[张三]来了", []),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("task", TASKS)
+def test_forward_backward_and_only_intended_parameters_change(tiny_models, arch, task):
+    model = build(tiny_models, arch, task)
+    rows = ROWS if task != "asr_short" else [(r[0][-1:], r[1], r[2], []) for r in ROWS]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, stats, weight = model(**batch_for(model, rows))
+    assert torch.isfinite(loss) and int(weight) == 2 and 0 <= float(stats["acc"]) <= 1
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    intended = "adapter." if arch == "decoder_only" else ".cross_attention."
+    assert any("lora_" in n for n in changed) and any(intended in n for n in changed)
+    for n in changed:
+        assert "lora_" in n or intended in n or "trainable_tokens" in n, f"{n} should be frozen"
+    assert not any(n.startswith("speech_encoder.") for n in changed)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("speech_encoder.") for n in trainable)
+
+
+def test_gates_at_zero_give_the_plain_llm(tiny_models):
+    model = build(tiny_models, "encoder_decoder", "asr_short").eval()
+    plain = load_chatglm3(tiny_models / "chatglm3").eval()
+    ids = torch.tensor([model.layout.prefix_ids + model.layout.tokenizer.encode("今天天气很好") + model.layout.suffix_ids])
+    mask = torch.ones_like(ids)
+    memory = torch.randn(1, 30, model.speech_encoder.output_size())
+    with torch.no_grad(), model.attending_to(memory, torch.tensor([30])):
+        ours = model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask))
+        expected = plain(input_ids=ids).logits
+        assert torch.allclose(ours, expected, atol=1e-6), (ours - expected).abs().max()
+        model.llm.decoder_layers[0].cross_attention.gate.data.fill_(0.5)  # an open gate lets the speech in
+        assert not torch.allclose(model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_loss_covers_exactly_target_and_end_token(tiny_models, arch):
+    model = build(tiny_models, arch, "ner")
+    batch = batch_for(model, ROWS)
+    memory, memory_lengths = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    targets = [batch["text"][b, : batch["text_lengths"][b]] for b in range(2)]
+    hidden, labels = model.teacher_forced_states(memory, memory_lengths, targets)
+    for b, target in enumerate(targets):
+        scored = labels[b][labels[b] != IGNORE]
+        assert scored.tolist() == target.tolist()
+        assert scored[-1] == model.layout.eos_id
+        # the scored positions are the last len(target) real positions of the row
+        real = len(model.layout.prefix_ids) + len(model.layout.suffix_ids) + len(target)
+        if arch == "decoder_only":
+            real += int(memory_lengths[b])
+        assert (labels[b][:real] != IGNORE).sum() == len(target) and (labels[b][real:] == IGNORE).all()
+    loss, _, _ = model(**batch)
+    manual = torch.nn.functional.cross_entropy(
+        model.llm.logits(hidden[:, :-1][labels[:, 1:] != IGNORE]), labels[:, 1:][labels[:, 1:] != IGNORE]
+    )
+    assert torch.allclose(loss, manual, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_padding_does_not_leak(tiny_models, arch):
+    model = build(tiny_models, arch, "asr_short").eval()
+    short = [((0.6,), "你好", None, [])]
+    longer = [((1.9,), "北京欢迎你们大家", None, [])]
+    with torch.no_grad():
+        # training: right padding
+        loss_alone, _, _ = model(**batch_for(model, short, seed=1))
+        both = batch_for(model, short + longer, seed=1)
+        memory, lengths = model.encode_speech(both["speech"], both["speech_lengths"])
+        targets = [both["text"][b, : both["text_lengths"][b]] for b in range(2)]
+        hidden, labels = model.teacher_forced_states(memory, lengths, targets)
+        row0 = torch.nn.functional.cross_entropy(
+            model.llm.logits(hidden[0, :-1][labels[0, 1:] != IGNORE]), labels[0, 1:][labels[0, 1:] != IGNORE]
+        )
+        assert torch.allclose(loss_alone, row0, atol=1e-5)
+        # decoding: left padding
+        single = batch_for(model, short, seed=1)
+        ids_alone, score_alone, _ = model.generate(single["speech"], single["speech_lengths"], max_new_tokens=6)[0]
+        ids_batch, score_batch, _ = model.generate(both["speech"], both["speech_lengths"], max_new_tokens=6)[0]
+        assert ids_alone == ids_batch and abs(score_alone - score_batch) < 1e-3
+
+
+def test_broken_row_is_skipped_and_named(tiny_models, caplog):
+    model = build(tiny_models, "decoder_only", "asr_short")
+    good = batch_for(model, [ROWS[1]])
+    mixed = batch_for(model, [ROWS[1], ((0.5,), "坏的", None, [])])
+    mixed["speech_lengths"][1] = 0  # what the preprocessor makes of an unreadable, empty or too long file
+    mixed["utt_id"] = ["good", "BROKEN_UTT"]
+    with caplog.at_level(logging.WARNING):
+        loss_mixed, _, weight = model(**mixed)
+    loss_good, _, _ = model(**good)
+    assert int(weight) == 1 and torch.allclose(loss_mixed, loss_good, atol=1e-5)
+    assert "BROKEN_UTT" in caplog.text and model.num_broken == 1
+    mixed["speech_lengths"][0] = 0  # a batch of nothing but broken rows still steps (zero loss)
+    loss, _, weight = model(**mixed)
+    assert float(loss.detach()) == 0.0 and int(weight) == 0 and loss.requires_grad
+
+
+def test_preprocessor_reports_corrupt_empty_and_too_long_audio(tiny_models, tmp_path, caplog):
+    from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+    from espnet_llm.tasks.preprocessor import open_entry
+
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.int16), 16000)
+    soundfile.write(tmp_path / "long.wav", np.zeros(31 * 16000, dtype=np.int16), 16000)
+    soundfile.write(tmp_path / "ok.wav", (np.random.default_rng(0).standard_normal(8000) * 1000).astype(np.int16), 16000)
+    (tmp_path / "wav.scp").write_text("".join(f"{n} {tmp_path / n}.wav\n" for n in ("corrupt", "empty", "long", "ok")))
+    layout = PromptLayout(ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model"), "asr_short")
+    pre = SpeechLLMPreprocessor(layout)
+    loader = open_entry(str(tmp_path / "wav.scp"), "sound")
+    with caplog.at_level(logging.WARNING):
+        lengths = {uid: len(pre(uid, {"speech": loader[uid], "text": "好"})["speech"]) for uid in loader}
+    assert lengths == {"corrupt": 0, "empty": 0, "long": 0, "ok": 8000}
+    for uid, reason in (("corrupt", "cannot read"), ("empty", "empty"), ("long", "31.0 s")):
+        assert any(uid in r.message and reason in r.message for r in caplog.records), (uid, caplog.text)
+
+
+def test_history_resolved_from_the_data_directory(tiny_models, tmp_path):
+    from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+
+    for i, n in enumerate((1600, 3200, 4800)):
+        soundfile.write(tmp_path / f"u{i}.wav", np.full(n, 1000 * (i + 1), dtype=np.int16), 16000)
+    (tmp_path / "wav.scp").write_text("".join(f"u{i} {tmp_path}/u{i}.wav\n" for i in range(3)))
+    (tmp_path / "text").write_text("u0 你好\nu1 今天\nu2 北京\n")
+    tokenizer = ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model")
+    entries = [(str(tmp_path / "wav.scp"), "speech", "sound"), (str(tmp_path / "text"), "text", "text")]
+    pre = SpeechLLMPreprocessor(PromptLayout(tokenizer, "ner"), entries, num_history=1)
+    out = pre("u2", {"speech": soundfile.read(tmp_path / "u2.wav")[0], "text": "北京", "text_ner": "(北京)", "history": "u0 u1"})
+    assert out["speech_segments"].tolist() == [3200, 4800]  # K=1: only the most recent, then the current
+    assert np.allclose(out["speech"][:3200], 2000 / 32768) and np.allclose(out["speech"][3200:], 3000 / 32768)
+    layout = pre.layout
+    assert out["text"].tolist() == tokenizer.encode("今天") + [layout.sep_id] + tokenizer.encode("北京") + [
+        layout.ner_id] + tokenizer.encode("(北京)") + [layout.eos_id]
+
+
+def test_parser_reads_back_and_never_fails(tiny_models):
+    from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+
+    tokenizer = ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model")
+    ner = PromptLayout(tokenizer, "ner")
+    good = ner.parse(ner.target_ids("张三在北京", "[张三]在(北京)", ["你好"]))
+    assert (good.text, good.marked, good.history, good.problems) == ("张三在北京", "[张三]在(北京)", ["你好"], [])
+    assert [(e.type, e.text) for e in good.entities] == [("PER", "张三"), ("LOC", "北京")]
+    enc, sep, tag = tokenizer.encode, ner.sep_id, ner.ner_id
+    for ids in ([], [sep, sep], [tag], enc("[张三") + [tag] + enc("[张三)在((北"), [tag, tag, sep] + enc(">"), enc("你好")):
+        parsed = ner.parse(ids)
+        assert isinstance(parsed.text, str) and all(e.type in ("PER", "LOC", "ORG") for e in parsed.entities)
+    assert any("no <|ner|>" in p for p in ner.parse(enc("你好")).problems)
+    short = PromptLayout(tokenizer, "asr_short")
+    assert short.parse(enc("你好") + [short.eos_id] + enc("多余")).text == "你好"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_trainable_only_checkpoint_reloads_and_decodes_the_same(tiny_models, arch):
+    model = build(tiny_models, arch, "asr_short")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = batch_for(model, [((1.0,), "你好", None, [])])
+    for _ in range(3):
+        model(**batch)[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state = model.state_dict()
+    assert set(state) == {n for n, p in model.named_parameters() if p.requires_grad}
+    fresh = build(tiny_models, arch, "asr_short", seed=1)
+    with pytest.raises(RuntimeError, match="missing trainable"):
+        fresh.load_state_dict({k: v for k, v in state.items() if "lora_" not in k})
+    fresh.load_state_dict(state)
+    model.eval(), fresh.eval()
+    out = model.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
+    again = fresh.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
+    assert out[0][0] == again[0][0] and abs(out[0][1] - again[0][1]) < 1e-4
+    beams = fresh.generate(batch["speech"], batch["speech_lengths"], beam_size=3, max_new_tokens=8)
+    assert len(beams) == 1 and isinstance(beams[0][0], list)

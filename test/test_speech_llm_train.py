@@ -1,0 +1,173 @@
+"""Speech LLM training and decoding end to end: overfitting four spoken utterances, ESPnet's CLI with
+collect-stats, training, resuming and decoding past a corrupt file, and 2-process DDP (gloo) on the CPU."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from espnet2.train.collate_fn import CommonCollateFn
+
+from espnet_llm.bin.speech_llm_inference import inference
+from espnet_llm.tasks.speech_llm import SpeechLLMTask
+from espnet_llm.text.aishell_ner import strip_marks
+
+RECIPE_CONF = Path(__file__).resolve().parents[1] / "egs2" / "aishell_ner" / "llm1" / "conf" / "tiny"
+SENTENCES = {  # one speaker's utterances, entity-marked as in AISHELL-NER
+    "S0001W0001": "[张三]在(北京)工作",
+    "S0001W0002": "<中国银行>发布公告",
+    "S0001W0003": "今天天气很好",
+    "S0001W0004": "(上海)的房价上涨",
+}
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="espeak-ng and sox make the speech"
+)
+
+
+def speak_corpus(root: Path, corrupt: str | None = None) -> Path:
+    """A data directory of SENTENCES spoken by espeak-ng (cmn) at 16 kHz; `corrupt` adds a broken file."""
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    ids = sorted(SENTENCES)
+    tables = {n: [] for n in ("wav.scp", "text", "text_ner", "utt2history", "utt2spk")}
+    for i, uid in enumerate(ids):
+        raw, wav = root / "wav" / f"{uid}.22k.wav", root / "wav" / f"{uid}.wav"
+        subprocess.run(["espeak-ng", "-v", "cmn", "-w", str(raw), strip_marks(SENTENCES[uid])], check=True)
+        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+        raw.unlink()
+        tables["wav.scp"].append(f"{uid} {wav}")
+        tables["text"].append(f"{uid} {strip_marks(SENTENCES[uid])}")
+        tables["text_ner"].append(f"{uid} {SENTENCES[uid]}")
+        tables["utt2history"].append(" ".join([uid] + ids[max(0, i - 2):i]))
+        tables["utt2spk"].append(f"{uid} S0001")
+    if corrupt:
+        (root / "wav" / f"{corrupt}.wav").write_bytes(b"RIFF\x00\x00 this is no audio")
+        for name, value in (("wav.scp", root / "wav" / f"{corrupt}.wav"), ("text", "坏"), ("text_ner", "坏"),
+                            ("utt2history", ""), ("utt2spk", "S0001")):
+            tables[name].append(f"{corrupt} {value}".rstrip())
+    for name, lines in tables.items():
+        (root / name).write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
+    return root
+
+
+def data_entries(data: Path, ner: bool = True):
+    entries = [(f"{data}/wav.scp", "speech", "sound"), (f"{data}/text", "text", "text")]
+    if ner:
+        entries += [(f"{data}/text_ner", "text_ner", "text"), (f"{data}/utt2history", "history", "text")]
+    return entries
+
+
+def tiny_config(tiny_models: Path, name: str) -> dict:
+    config = yaml.safe_load((RECIPE_CONF / f"train_{name}.yaml").read_text())
+    config["speech_encoder_conf"]["model_path"] = str(tiny_models / "whisper")
+    config["llm_conf"]["model_path"] = str(tiny_models / "chatglm3")
+    return config
+
+
+@needs_espeak
+def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(tiny_models, tmp_path):
+    data = speak_corpus(tmp_path / "data")
+    config = tiny_config(tiny_models, "decoder_only_short")
+    args = SpeechLLMTask.get_parser().parse_args(["--output_dir", str(tmp_path / "exp")])
+    for k, v in config.items():
+        setattr(args, k, v)
+    torch.manual_seed(0)
+    model = SpeechLLMTask.build_model(args)
+    loader = SpeechLLMTask.build_streaming_iterator(
+        data_entries(data, ner=False), SpeechLLMTask.preprocessor_for(args, data_entries(data, ner=False)),
+        CommonCollateFn(int_pad_value=-1), batch_size=4, num_workers=0,
+    )
+    keys, batch = next(iter(loader))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    for step in range(300):
+        loss, stats, _ = model(**batch, utt_id=keys)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 25 == 24 and float(stats["acc"]) == 1.0:
+            break
+    # decode through the inference entry point, from a trainable-only checkpoint
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    torch.save(model.state_dict(), exp / "model.pth")
+    (exp / "config.yaml").write_text(yaml.safe_dump(vars(args), allow_unicode=True))
+    counts = inference(
+        output_dir=str(tmp_path / "decode"), data_path_and_name_and_type=data_entries(data, ner=False)[:1],
+        speech_llm_train_config=str(exp / "config.yaml"), speech_llm_model_file=str(exp / "model.pth"),
+        batch_size=3, num_workers=0,
+    )
+    hyps = dict(line.split(maxsplit=1) for line in (tmp_path / "decode/1best_recog/text").read_text().splitlines())
+    assert hyps == {uid: strip_marks(t) for uid, t in SENTENCES.items()}, f"after {step + 1} steps: {hyps}"
+    assert counts == {"utterances": 4, "broken": 0, "with_problems": 0}
+    assert (tmp_path / "decode/1best_recog/score").exists() and (tmp_path / "decode/1best_recog/token").exists()
+
+
+def run_module(module: str, *argv: str, cwd: Path, launcher: list[str] = ()) -> subprocess.CompletedProcess:
+    cmd = [*launcher] if launcher else [sys.executable, "-m"]
+    done = subprocess.run([*cmd, module, *argv], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def write_config(tiny_models: Path, name: str, path: Path, **overrides) -> Path:
+    config = {**tiny_config(tiny_models, name), **overrides}
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+@needs_espeak
+def test_espnet_cli_collect_stats_train_resume_and_decode_past_a_corrupt_file(tiny_models, tmp_path):
+    data = speak_corpus(tmp_path / "data", corrupt="S0001W0005")
+    config = write_config(tiny_models, "decoder_only_cot", tmp_path / "train.yaml", max_epoch=1)
+    data_args = []
+    for phase in ("train", "valid"):
+        for path, name, kind in data_entries(data):
+            data_args += [f"--{phase}_data_path_and_name_and_type", f"{path},{name},{kind}"]
+    module = "espnet_llm.bin.speech_llm_train"
+    run_module(module, "--collect_stats", "true", "--config", str(config), *data_args, "--output_dir", "stats",
+               "--train_shape_file", f"{data}/wav.scp", "--valid_shape_file", f"{data}/wav.scp", cwd=tmp_path)
+    assert "S0001W0005 0" in (tmp_path / "stats/train/speech_shape").read_text()
+    shapes = [a for p in ("train", "valid") for k in ("speech", "text")
+              for a in (f"--{p}_shape_file", f"stats/{p}/{k}_shape")]
+    train = run_module(module, "--config", str(config), *data_args, *shapes, "--output_dir", "exp", cwd=tmp_path)
+    assert "S0001W0005" in train.stderr and "skipping 1 broken" in train.stderr  # reported, training went on
+    epoch1 = torch.load(tmp_path / "exp/1epoch.pth")
+    assert epoch1 and all("lora_" in k or "adapter." in k or "trainable_tokens" in k for k in epoch1)
+    resumed = run_module(module, "--config", str(config), *data_args, *shapes, "--output_dir", "exp",
+                         "--resume", "true", "--max_epoch", "2", cwd=tmp_path)
+    assert "resumed" in resumed.stderr and (tmp_path / "exp/2epoch.pth").exists()
+    run_module("espnet_llm.bin.speech_llm_inference", "--output_dir", "decode", "--batch_size", "2",
+               "--speech_llm_train_config", "exp/config.yaml", "--speech_llm_model_file", "exp/valid.acc.ave.pth",
+               "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
+               "--data_path_and_name_and_type", f"{data}/utt2history,history,text",
+               "--max_new_tokens", "8", "--num_workers", "0", cwd=tmp_path)
+    for name in ("text", "token", "score", "text_ner"):
+        lines = (tmp_path / "decode/1best_recog" / name).read_text().splitlines()
+        assert [line.split()[0] for line in lines] == sorted([*SENTENCES, "S0001W0005"])
+
+
+@needs_espeak
+def test_two_process_ddp_with_gloo_on_cpu_trains_a_step(tiny_models, tmp_path):
+    data = speak_corpus(tmp_path / "data")
+    config = write_config(tiny_models, "encoder_decoder_short", tmp_path / "train.yaml", max_epoch=1,
+                          batch_type="unsorted", batch_size=4)
+    data_args = []
+    for phase in ("train", "valid"):
+        for path, name, kind in data_entries(data, ner=False):
+            data_args += [f"--{phase}_data_path_and_name_and_type", f"{path},{name},{kind}"]
+    shapes = ["--train_shape_file", f"{data}/wav.scp", "--valid_shape_file", f"{data}/wav.scp"]
+    with socket.socket() as s:  # torchrun's --master_port 0 is not passed on as a usable MASTER_PORT
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env_launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m"]
+    done = run_module("espnet_llm.bin.speech_llm_train", "--config", str(config), *data_args, *shapes,
+                      "--output_dir", "exp", "--ngpu", "0", "--dist_backend", "gloo", cwd=tmp_path,
+                      launcher=env_launcher)
+    assert (tmp_path / "exp/1epoch.pth").exists(), done.stderr[-2000:]
+    assert "1epoch results" in done.stderr and ":0/2]" in done.stderr  # rank 0 of a world of 2 logged it
