@@ -150,32 +150,46 @@ def test_cached_encoder_checks_its_input():
         encoder(torch.randn(2, 16000), torch.tensor([16000, 100]))
 
 
+@pytest.mark.parametrize("task", ["asr_short", "asr_long"])
 @pytest.mark.parametrize("arch", ["decoder_only", "encoder_decoder"])
-def test_cached_features_give_the_live_model_loss(wav_scp, tiny_models, tmp_path, arch):
+def test_cached_features_give_the_live_model_loss(wav_scp, tiny_models, tmp_path, arch, task):
+    """The same batch through the preprocessor, ESPnet's collate and the model, from audio and from the dump;
+    asr_long puts the history utterances (segments in samples, or in frames) before each one."""
+    from espnet2.train.collate_fn import CommonCollateFn
+
+    from espnet_llm.tasks.preprocessor import open_entry
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
     assert dump(wav_scp, tiny_models, tmp_path) == 0
+    texts = dict(utt_a="北京欢迎你", utt_b="你好", utt_c="今天天气很好", utt_d="上海", utt_e="明天见", utt_g="张三来了")
+    (tmp_path / "text").write_text("".join(f"{u} {t}\n" for u, t in texts.items()))
+    # K=2: the last two; bad_long (over 30 s, not dumped: listed in 'failed') is left out of utt_c's history
+    history = dict(utt_a="", utt_c="utt_d utt_b bad_long", utt_g="utt_a utt_c utt_e")
     args = argparse.Namespace(
         model=arch, model_conf={}, speech_encoder="whisper",
         speech_encoder_conf={"model_path": str(tiny_models / "whisper")},
         speech_adapter="frame_stack" if arch == "decoder_only" else None, speech_adapter_conf={},
         llm="chatglm3", llm_conf={"model_path": str(tiny_models / "chatglm3"), "lora_rank": 4, "lora_dropout": 0.0},
-        prompt_task="asr_short", num_history=0, preprocessor_conf={},
+        prompt_task=task, num_history=2, preprocessor_conf={},
     )
     torch.manual_seed(0)
     model = SpeechLLMTask.build_model(args).eval()
-    uids, texts = ["utt_a", "utt_c", "utt_g"], ["北京欢迎你", "今天天气很好", "张三来了"]
-    targets = [torch.tensor(model.layout.target_ids(t)) for t in texts]
-    pad = torch.nn.utils.rnn.pad_sequence
-    text = dict(text=pad(targets, batch_first=True, padding_value=-1), text_lengths=torch.tensor([len(t) for t in targets]))
-    wav_paths = read_table(wav_scp).entries
-    wavs = [torch.from_numpy(soundfile.read(wav_paths[u], dtype="float32")[0]) for u in uids]
-    with torch.no_grad():
-        live_loss = model(pad(wavs, batch_first=True), torch.tensor([len(w) for w in wavs]), utt_id=uids, **text)[0]
-        model.speech_encoder = CachedWhisperFeatures(model.speech_encoder.output_size())
-        stored = kaldiio.load_scp(str(tmp_path / "feats.scp"))
-        # what ESPnet's kaldi_ark loader and CommonCollateFn give: float32, zero-padded
-        feats = [torch.from_numpy(stored[u].astype(np.float32)) for u in uids]
-        cached_loss = model(pad(feats, batch_first=True), torch.tensor([len(f) for f in feats]), utt_id=uids, **text)[0]
-    assert torch.isfinite(live_loss)
-    torch.testing.assert_close(cached_loss, live_loss, rtol=1e-3, atol=1e-3)
+    losses = {}
+    for encoder, speech in (("whisper", (str(wav_scp), "speech", "sound")),
+                            ("whisper_cached", (str(tmp_path / "feats.scp"), "speech", "kaldi_ark"))):
+        args.speech_encoder = encoder
+        entries = [speech, (str(tmp_path / "text"), "text", "text")]
+        pre = SpeechLLMTask.preprocessor_for(args, entries)
+        loader = open_entry(*speech[::2])
+        rows = [(u, pre(u, {"speech": loader[u], "text": texts[u], "history": h})) for u, h in history.items()]
+        keys, batch = CommonCollateFn(int_pad_value=-1)(rows)
+        if encoder == "whisper_cached":
+            model.speech_encoder = CachedWhisperFeatures(model.speech_encoder.output_size())
+        with torch.no_grad():
+            losses[encoder] = model(**batch, utt_id=keys)[0]
+    if task == "asr_long":  # frames per segment: the dump's, for each history utterance kept and the current one
+        frames = read_table(tmp_path / "utt2num_frames").entries
+        assert batch["speech_segments"][1].tolist()[:2] == [int(frames[u]) for u in ("utt_b", "utt_c")]
+        assert batch["speech_segments"][2].tolist() == [int(frames[u]) for u in ("utt_c", "utt_e", "utt_g")]
+    assert torch.isfinite(losses["whisper"])
+    torch.testing.assert_close(losses["whisper_cached"], losses["whisper"], rtol=1e-3, atol=1e-3)

@@ -3,6 +3,12 @@
 Writes ESPnet's ``<output_dir>/1best_recog/{text,token,score}`` and, for the NER task, ``text_ner`` (the
 current utterance with entity marks). A broken utterance (unreadable, empty, over 30 s) gets an empty
 hypothesis, is named in the log and counted; decoding goes on.
+
+Batches are formed from the utterances sorted by length (longest first: little padding, and an
+out-of-memory batch shows at once); the outputs are written in the key file's order. Lengths come from
+``--shape_file`` (utt2num_samples, or the dump's feats_shape: ``<uttid> <length>[,...]`` of single utterances),
+else from utt2num_samples or feats_shape beside the speech scp, else from reading the speech itself; the
+history utterances' lengths are added for the long-form tasks.
 """
 from __future__ import annotations
 
@@ -15,12 +21,16 @@ from pathlib import Path
 import torch
 import yaml
 from espnet2.fileio.datadir_writer import DatadirWriter
+from espnet2.fileio.read_text import read_2columns_text
 from espnet2.torch_utils.device_funcs import to_device
 from espnet2.utils import config_argparse
 from espnet2.utils.types import str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
-from espnet_llm.tasks.speech_llm import SpeechLLMTask
+from espnet_llm.tasks.preprocessor import open_entry
+from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
+
+LENGTH_FILES = ("utt2num_samples", "feats_shape")  # looked for beside the speech scp (audio, dumped features)
 
 
 def load_model(train_config: str, model_file: str | None, device: str, dtype: str = "float32"):
@@ -37,6 +47,31 @@ def load_model(train_config: str, model_file: str | None, device: str, dtype: st
     return model, args
 
 
+def utterance_lengths(
+    data_path_and_name_and_type: list, keys: list[str], num_history: int, shape_file: str | None = None
+) -> dict[str, int]:
+    """Each key's speech length (samples or frames) with its last ``num_history`` history utterances."""
+    entries = {name: (path, kind) for path, name, kind in data_path_and_name_and_type}
+    speech_path, speech_kind = entries["speech"]
+    table = next(
+        (p for p in [shape_file] + [str(Path(speech_path).with_name(n)) for n in LENGTH_FILES] if p and Path(p).is_file()),
+        None,
+    )
+    known = {k: int(v.split(",")[0]) for k, v in read_2columns_text(table).items()} if table else {}
+    history = read_2columns_text(entries["history"][0]) if num_history and "history" in entries else {}
+    needed = set(keys) | {h for k in keys for h in history.get(k, "").split()[-num_history:]}
+    missing = sorted(needed - known.keys())
+    if missing:
+        logging.info(f"reading {len(missing)} utterance(s) to find their lengths (no shape file has them)")
+        loader = open_entry(speech_path, speech_kind)
+        for k in missing:
+            try:
+                known[k] = len(loader[k])
+            except KeyError:  # not in the speech scp: the dataset names it when its batch is loaded
+                known[k] = 0
+    return {k: known[k] + sum(known[h] for h in history.get(k, "").split()[-num_history:]) for k in keys}
+
+
 def inference(
     output_dir: str,
     data_path_and_name_and_type: list,
@@ -50,6 +85,7 @@ def inference(
     dtype: str = "float32",
     num_workers: int = 1,
     log_interval: int = 20,
+    shape_file: str | None = None,
 ) -> dict:
     """Decode every utterance; returns counts (utterances, broken, parse problems)."""
     if ngpu > 1:
@@ -57,9 +93,11 @@ def inference(
     device = "cuda" if ngpu > 0 else "cpu"
     model, train_args = load_model(speech_llm_train_config, speech_llm_model_file, device, dtype)
     tokenizer = model.layout.tokenizer
+    preprocessor = SpeechLLMTask.preprocessor_for(train_args, data_path_and_name_and_type)
+    keys_in_order = read_keys(key_file or data_path_and_name_and_type[0][0])
     loader = SpeechLLMTask.build_streaming_iterator(
         data_path_and_name_and_type,
-        preprocess_fn=SpeechLLMTask.preprocessor_for(train_args, data_path_and_name_and_type),
+        preprocess_fn=preprocessor,
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False),
         key_file=key_file,
         batch_size=batch_size,
@@ -67,51 +105,56 @@ def inference(
         ngpu=ngpu,
         inference=True,
         allow_variable_data_keys=True,  # text/text_ner may be given alongside, for convenience; unused
+        utt2length=utterance_lengths(data_path_and_name_and_type, keys_in_order, preprocessor.num_history, shape_file),
     )
     counts = {"utterances": 0, "broken": 0, "with_problems": 0}
     broken_ids, audio_seconds, start = [], 0.0, time.perf_counter()
-    sample_rate = train_args.preprocessor_conf.get("sample_rate", 16000)
+    outputs: dict[str, dict[str, str]] = {}  # key -> file -> line, written in key order at the end
+    for batch_index, (keys, batch) in enumerate(loader, 1):
+        batch = to_device(batch, device)
+        speech, speech_lengths = batch["speech"], batch["speech_lengths"]
+        keep = [i for i, n in enumerate(speech_lengths.tolist()) if n > 0]
+        results = {}
+        if keep:
+            segments = batch.get("speech_segments")
+            decoded = model.generate(
+                speech[keep].to(getattr(torch, dtype)),
+                speech_lengths[keep],
+                segments[keep] if segments is not None else None,
+                beam_size=beam_size,
+                max_new_tokens=max_new_tokens,
+            )
+            results = dict(zip(keep, decoded))
+        for i, key in enumerate(keys):
+            counts["utterances"] += 1
+            if i not in results:
+                counts["broken"] += 1
+                broken_ids.append(key)
+                logging.warning(f"utterance {key}: broken (reason logged above): empty hypothesis written")
+                ids, score, parsed = [], float("-inf"), None
+            else:
+                ids, score, parsed = results[i]
+                if parsed.problems:
+                    counts["with_problems"] += 1
+                    logging.warning(f"utterance {key}: repaired model output: {'; '.join(parsed.problems)}")
+            out = outputs[key] = {
+                "text": parsed.text if parsed else "",
+                "token": " ".join(tokenizer.convert_ids_to_tokens(ids)),
+                "score": str(score),
+            }
+            if model.layout.task == "ner":
+                out["text_ner"] = parsed.marked if parsed else ""
+        audio_seconds += float(speech_lengths.sum()) / preprocessor.rate
+        if batch_index % log_interval == 0:
+            elapsed = time.perf_counter() - start
+            logging.info(
+                f"decoded {counts['utterances']} utterances, {counts['utterances'] / elapsed:.2f} utt/s, "
+                f"RTF {elapsed / max(audio_seconds, 1e-9):.3f}"
+            )
     with DatadirWriter(output_dir) as writer:
-        best = writer["1best_recog"]
-        for batch_index, (keys, batch) in enumerate(loader, 1):
-            batch = to_device(batch, device)
-            speech, speech_lengths = batch["speech"], batch["speech_lengths"]
-            keep = [i for i, n in enumerate(speech_lengths.tolist()) if n > 0]
-            results = {}
-            if keep:
-                segments = batch.get("speech_segments")
-                decoded = model.generate(
-                    speech[keep].to(getattr(torch, dtype)),
-                    speech_lengths[keep],
-                    segments[keep] if segments is not None else None,
-                    beam_size=beam_size,
-                    max_new_tokens=max_new_tokens,
-                )
-                results = dict(zip(keep, decoded))
-            for i, key in enumerate(keys):
-                counts["utterances"] += 1
-                if i not in results:
-                    counts["broken"] += 1
-                    broken_ids.append(key)
-                    logging.warning(f"utterance {key}: broken (reason logged above): empty hypothesis written")
-                    ids, score, parsed = [], float("-inf"), None
-                else:
-                    ids, score, parsed = results[i]
-                    if parsed.problems:
-                        counts["with_problems"] += 1
-                        logging.warning(f"utterance {key}: repaired model output: {'; '.join(parsed.problems)}")
-                best["text"][key] = parsed.text if parsed else ""
-                best["token"][key] = " ".join(tokenizer.convert_ids_to_tokens(ids))
-                best["score"][key] = str(score)
-                if model.layout.task == "ner":
-                    best["text_ner"][key] = parsed.marked if parsed else ""
-            audio_seconds += float(speech_lengths.sum()) / sample_rate
-            if batch_index % log_interval == 0:
-                elapsed = time.perf_counter() - start
-                logging.info(
-                    f"decoded {counts['utterances']} utterances, {counts['utterances'] / elapsed:.2f} utt/s, "
-                    f"RTF {elapsed / max(audio_seconds, 1e-9):.3f}"
-                )
+        for key in keys_in_order:
+            for name, value in outputs[key].items():
+                writer["1best_recog"][name][key] = value
     elapsed = time.perf_counter() - start
     logging.info(
         f"done: {counts['utterances']} utterances in {elapsed:.1f} s (RTF {elapsed / max(audio_seconds, 1e-9):.3f}); "
@@ -136,6 +179,11 @@ def get_parser():
     group.add_argument("--data_path_and_name_and_type", type=str2triple_str, required=True, action="append")
     group.add_argument("--key_file", type=str_or_none)
     group.add_argument("--batch_size", type=int, default=1)
+    group.add_argument(
+        "--shape_file", type=str_or_none,
+        help="utterance lengths for length-sorted batches (utt2num_samples or feats_shape); "
+        "default: utt2num_samples or feats_shape beside the speech scp, else read from the speech",
+    )
     group = parser.add_argument_group("The model configuration related")
     group.add_argument("--speech_llm_train_config", type=str, required=True)
     group.add_argument("--speech_llm_model_file", type=str_or_none)

@@ -11,14 +11,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from espnet_llm.speech.whisper_encoder import whisper_config
+
 
 class CachedWhisperFeatures(nn.Module):
     """(feats (B, T', D) float16/32, lengths (B,)) -> (feats as float32 zeroed past each length, lengths)."""
 
-    def __init__(self, output_size: int):
-        """output_size: d_model of the Whisper model that dumped the features (1280 for large-v2)."""
+    def __init__(self, output_size: int | None = None, model_path: str | None = None, pad_to_30s: bool = False):
+        """The width D of the features: ``output_size``, else the d_model of ``model_path``, the Whisper that
+        dumped them (1280 for large-v2). The arguments are those of WhisperSpeechEncoder so that a training
+        config switches to the cache with ``--speech_encoder whisper_cached`` alone (ESPnet merges a
+        command-line ``--speech_encoder_conf`` into the YAML's); ``pad_to_30s`` only says how the features
+        were dumped (both modes store the frames that cover the speech) and is shown in the model summary.
+        """
         super().__init__()
-        self._output_size = output_size
+        if output_size is None:
+            if model_path is None:
+                raise ValueError("whisper_cached needs speech_encoder_conf output_size or the dumping model's model_path")
+            output_size = whisper_config(model_path).d_model
+        self._output_size = int(output_size)
+        self.pad_to_30s = pad_to_30s
+
+    def extra_repr(self) -> str:
+        return f"output_size={self._output_size}, dumped_with_pad_to_30s={self.pad_to_30s}"
 
     def output_size(self) -> int:
         return self._output_size

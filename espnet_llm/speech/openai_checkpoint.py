@@ -68,6 +68,15 @@ def whisper_config_from_openai_dims(dims: dict, ffn_dim: int) -> WhisperConfig:
     )
 
 
+def openai_whisper_config(checkpoint: str | Path) -> WhisperConfig:
+    """The encoder's transformers config of an OpenAI ``.pt`` file, without reading its weights (mmap)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(saved, dict) or "dims" not in saved or "model_state_dict" not in saved:
+        raise ValueError(f"{checkpoint}: not an OpenAI Whisper checkpoint (no 'dims' and 'model_state_dict')")
+    ffn_dim = saved["model_state_dict"]["encoder.blocks.0.mlp.0.weight"].shape[0]
+    return whisper_config_from_openai_dims(saved["dims"], ffn_dim=ffn_dim)
+
+
 def load_openai_whisper_encoder(checkpoint: str | Path, dtype: torch.dtype = torch.float32) -> WhisperEncoder:
     """Build transformers' WhisperEncoder from an OpenAI ``.pt`` file, converting in memory."""
     # mmap: the decoder half of the file is never read into memory.

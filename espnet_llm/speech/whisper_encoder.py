@@ -29,13 +29,14 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from espnet_llm.speech.log_mel import SpeechTooLongError, WhisperLogMel  # the error is part of this API too
-from espnet_llm.speech.openai_checkpoint import load_openai_whisper_encoder
+from espnet_llm.speech.openai_checkpoint import load_openai_whisper_encoder, openai_whisper_config
 
 __all__ = [
     "WHISPER_LARGE_V2_CONFIG",
     "SpeechTooLongError",
     "WhisperSpeechEncoder",
     "load_whisper_encoder",
+    "whisper_config",
     "whisper_encoder_on_meta",
 ]
 
@@ -87,6 +88,18 @@ def load_whisper_encoder(model_path: str | Path, dtype: torch.dtype = torch.floa
     if info["missing_keys"]:
         raise ValueError(f"{model_path}: encoder weights missing from the checkpoint: {sorted(info['missing_keys'])}")
     return encoder
+
+
+def whisper_config(model_path: str | Path) -> WhisperConfig:
+    """The config of a transformers Whisper directory or of an OpenAI ``.pt`` checkpoint; no weight is read."""
+    path = Path(model_path)
+    if path.is_file() and path.suffix == ".pt":
+        return openai_whisper_config(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_path}: expected a transformers Whisper directory (with config.json) or an OpenAI .pt file"
+        )
+    return WhisperConfig.from_pretrained(path)
 
 
 def whisper_encoder_on_meta(config: dict = WHISPER_LARGE_V2_CONFIG) -> WhisperEncoder:

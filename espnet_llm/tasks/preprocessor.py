@@ -1,10 +1,11 @@
 """From the data directory's entries of one utterance to the speech LLM's arrays.
 
-Inputs (names in ``--*_data_path_and_name_and_type``): ``speech`` (wav.scp, sound), ``text`` (text),
-``text_ner`` (text_ner, for the NER task), ``history`` (utt2history: ids of the previous utterances of the
-same speaker). Outputs: ``speech`` (history audio then the current utterance), ``speech_segments``
-(samples per utterance, for the history tasks) and ``text`` (target token ids, end token included; not
-at inference).
+Inputs (names in ``--*_data_path_and_name_and_type``): ``speech`` (wav.scp, sound; or, with the
+``whisper_cached`` encoder, the dumped features' feats.scp, kaldi_ark: (frames, feature_dim) arrays, 50
+frames a second), ``text`` (text), ``text_ner`` (text_ner, for the NER task), ``history`` (utt2history: ids
+of the previous utterances of the same speaker). Outputs: ``speech`` (history audio or features then the
+current utterance's, joined along time), ``speech_segments`` (samples or frames per utterance, for the
+history tasks) and ``text`` (target token ids, end token included; not at inference).
 
 History resolution: ``utt2history`` names utterances, not audio, so the preprocessor opens, next to each
 ``speech`` entry it is given (train and valid sets alike, since ESPnet's collect-stats mode reads both
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from espnet2.fileio.read_text import read_2columns_text
@@ -23,16 +25,27 @@ from espnet2.train.dataset import DATA_TYPES
 
 from espnet_llm.models.prompts import PromptLayout
 
+WHISPER_FRAMES_PER_SECOND = 50  # 100 log-mel frames a second, halved by Whisper's stride-2 convolution
+
 
 class FaultTolerantLoader(Mapping):
-    """Wraps an ESPnet audio loader: an unreadable entry is logged with its id and read as empty audio,
-    which the model skips and counts, so one corrupt file never ends a run."""
+    """Wraps an ESPnet audio (or feature) loader: an unreadable entry is logged with its id and read as empty,
+    which the model skips and counts, so one corrupt file never ends a run.
 
-    def __init__(self, loader: Mapping, description: str):
+    A ``failed`` file beside the scp (``<uttid> <reason>``, written by dump_whisper_features for what it could
+    not dump) adds those utterances as entries that read as empty, with their reason logged.
+    """
+
+    def __init__(self, loader: Mapping, path: str, data_type: str):
         self.loader = loader
-        self.description = description
+        self.description = f"{path} ({data_type})"
+        failed = Path(path).with_name("failed")
+        self.failed = read_2columns_text(failed) if failed.is_file() else {}
 
     def __getitem__(self, key):
+        if key in self.failed:
+            logging.warning(f"utterance {key}: not in {self.description}: {self.failed[key]}")
+            return np.zeros(0, dtype=np.float32)
         try:
             return self.loader[key]
         except KeyError:
@@ -42,10 +55,11 @@ class FaultTolerantLoader(Mapping):
             return np.zeros(0, dtype=np.float32)
 
     def __iter__(self):
-        return iter(self.loader)
+        yield from self.loader
+        yield from self.failed
 
     def __len__(self):
-        return len(self.loader)
+        return len(self.loader) + len(self.failed)
 
 
 def open_entry(path: str, data_type: str) -> Mapping:
@@ -53,7 +67,7 @@ def open_entry(path: str, data_type: str) -> Mapping:
     spec = DATA_TYPES[data_type]
     kwargs = {"float_dtype": "float32", "allow_multi_rates": False, "max_cache_fd": 0}
     loader = spec["func"](path, **{k: kwargs[k] for k in spec["kwargs"] if k in kwargs})
-    return FaultTolerantLoader(loader, f"{path} ({data_type})")
+    return FaultTolerantLoader(loader, path, data_type)
 
 
 class SpeechLLMPreprocessor:
@@ -64,11 +78,16 @@ class SpeechLLMPreprocessor:
         num_history: int = 0,
         sample_rate: int = 16000,
         max_speech_seconds: float = 30.0,
+        feature_dim: int | None = None,
     ):
+        """feature_dim: None for audio; the width of dumped Whisper features when ``speech`` holds them."""
         self.layout = layout
         self.num_history = num_history if layout.uses_history else 0
-        self.sample_rate = sample_rate
-        self.max_samples = int(max_speech_seconds * sample_rate)
+        self.feature_dim = feature_dim
+        # time steps a second along the first axis of ``speech``
+        self.rate = sample_rate if feature_dim is None else WHISPER_FRAMES_PER_SECOND
+        self.max_length = int(max_speech_seconds * self.rate)
+        self.empty = np.zeros((0,) if feature_dim is None else (0, feature_dim), dtype=np.float32)
         self.history_audio: dict[str, Mapping] = {}
         self.history_text: dict[str, str] = {}
         if self.num_history:
@@ -87,28 +106,37 @@ class SpeechLLMPreprocessor:
             elif name == "text":
                 self.history_text.update(read_2columns_text(path))
 
-    def _check_audio(self, uid: str, wav: np.ndarray) -> str | None:
-        """Why this audio cannot be used, or None."""
-        if wav.ndim != 1:
-            return f"{wav.ndim}-dimensional audio (expected mono)"
-        if len(wav) == 0:
-            return "empty or unreadable audio"
-        if len(wav) > self.max_samples:
-            return f"{len(wav) / self.sample_rate:.1f} s of audio, over Whisper's {self.max_samples / self.sample_rate:.0f} s"
+    def _check_speech(self, uid: str, speech: np.ndarray) -> str | None:
+        """Why this audio (or these features) cannot be used, or None."""
+        if speech.size == 0:
+            return "empty or unreadable audio" if self.feature_dim is None else "empty or unreadable features"
+        if self.feature_dim is None and speech.ndim != 1:
+            return f"{speech.ndim}-dimensional audio (expected mono)"
+        if self.feature_dim is not None and (speech.ndim != 2 or speech.shape[1] != self.feature_dim):
+            return (
+                f"features of shape {speech.shape}, expected (frames, {self.feature_dim}): is the speech entry "
+                f"the feats.scp of a dump by a Whisper of this width?"
+            )
+        if len(speech) > self.max_length:
+            unit = "samples" if self.feature_dim is None else "frames"
+            return (
+                f"{len(speech) / self.rate:.1f} s of audio ({len(speech)} {unit}), "
+                f"over Whisper's {self.max_length / self.rate:.0f} s"
+            )
         return None
 
     def __call__(self, uid: str, data: dict) -> dict:
         wav = np.asarray(data["speech"], dtype=np.float32)
-        problem = self._check_audio(uid, wav)
+        problem = self._check_speech(uid, wav)
         if problem is not None:
             logging.warning(f"utterance {uid}: {problem}: skipped")
-            wav = np.zeros(0, dtype=np.float32)  # zero length marks the row broken for the model
+            wav = self.empty  # zero length marks the row broken for the model
         segments, history_ids, history_texts = [], [], []
         for hid in data.get("history", "").split()[-self.num_history:] if self.num_history else []:
             if hid not in self.history_audio:
                 raise KeyError(f"utterance {uid}: history utterance {hid} is in no speech entry given")
             hwav = np.asarray(self.history_audio[hid][hid], dtype=np.float32)
-            hproblem = self._check_audio(hid, hwav)
+            hproblem = self._check_speech(hid, hwav)
             if hproblem is not None:
                 logging.warning(f"utterance {uid}: history utterance {hid}: {hproblem}: left out of the history")
                 continue

@@ -1,6 +1,8 @@
 """The speech LLM task: ESPnet's AbsTask built from YAML, with ESPnet's trainer, iterators and collate.
 
-``conf/train_*.yaml`` chooses ``model`` (decoder_only | encoder_decoder), ``speech_encoder`` (whisper),
+``conf/train_*.yaml`` chooses ``model`` (decoder_only | encoder_decoder), ``speech_encoder`` (whisper: audio
+through the frozen encoder; whisper_cached: its output dumped by espnet_llm.bin.dump_whisper_features, read as
+``feats.scp,speech,kaldi_ark``),
 ``speech_adapter`` (frame_stack | none; ESPnet's own ``--adapter`` is its LoRA-for-encoders option), ``llm`` (chatglm3), each with its ``*_conf``, plus ``prompt_task``
 (asr_short | asr_long | ner) and ``num_history`` (K previous utterances for the long-form tasks).
 """
@@ -30,7 +32,8 @@ from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
 from espnet_llm.models.llm import ChatGLM3LLM
 from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
-from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, whisper_encoder_on_meta
+from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
+from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, whisper_config, whisper_encoder_on_meta
 from espnet_llm.tasks.preprocessor import FaultTolerantLoader, SpeechLLMPreprocessor
 
 model_choices = ClassChoices(
@@ -40,7 +43,9 @@ model_choices = ClassChoices(
     default="decoder_only",
 )
 speech_encoder_choices = ClassChoices(
-    "speech_encoder", classes=dict(whisper=WhisperSpeechEncoder), default="whisper"
+    "speech_encoder",
+    classes=dict(whisper=WhisperSpeechEncoder, whisper_cached=CachedWhisperFeatures),
+    default="whisper",
 )
 adapter_choices = ClassChoices(
     "speech_adapter", classes=dict(frame_stack=FrameStackAdapter), default="frame_stack", optional=True
@@ -54,9 +59,7 @@ class WhisperArchitecture(nn.Module):
 
     def __init__(self, model_path: str, **ignored):
         super().__init__()
-        from transformers import WhisperConfig
-
-        self.encoder = whisper_encoder_on_meta(WhisperConfig.from_pretrained(model_path).to_dict())
+        self.encoder = whisper_encoder_on_meta(whisper_config(model_path).to_dict())
 
     def output_size(self) -> int:
         return self.encoder.config.d_model
@@ -95,7 +98,12 @@ class SpeechLLMTask(AbsTask):
     @classmethod
     def preprocessor_for(cls, args, entries) -> SpeechLLMPreprocessor:
         layout = PromptLayout(cls.tokenizer(args), args.prompt_task)
-        return SpeechLLMPreprocessor(layout, entries, num_history=args.num_history, **args.preprocessor_conf)
+        feature_dim = None  # audio; with the cache, (frames, feature_dim) arrays
+        if args.speech_encoder == "whisper_cached":
+            feature_dim = CachedWhisperFeatures(**args.speech_encoder_conf).output_size()
+        return SpeechLLMPreprocessor(
+            layout, entries, num_history=args.num_history, feature_dim=feature_dim, **args.preprocessor_conf
+        )
 
     @classmethod
     def tokenizer(cls, args):
@@ -115,11 +123,11 @@ class SpeechLLMTask(AbsTask):
     def build_model(cls, args: argparse.Namespace, load_weights: bool = True) -> AbsESPnetModel:
         """load_weights=False: the architecture only, from the config files (run under the meta device)."""
         llm = llm_choices.get_class(args.llm)(**args.llm_conf, load_weights=load_weights)
-        speech_conf = args.speech_encoder_conf
-        if load_weights or str(speech_conf["model_path"]).endswith(".pt"):
-            speech_encoder = speech_encoder_choices.get_class(args.speech_encoder)(**speech_conf)
+        speech_class = speech_encoder_choices.get_class(args.speech_encoder)
+        if load_weights or speech_class is CachedWhisperFeatures:  # the cache has no weights to skip
+            speech_encoder = speech_class(**args.speech_encoder_conf)
         else:
-            speech_encoder = WhisperArchitecture(**speech_conf)
+            speech_encoder = WhisperArchitecture(**args.speech_encoder_conf)
         adapter_class = adapter_choices.get_class(args.speech_adapter)
         adapter = None
         if adapter_class is not None:
@@ -173,8 +181,10 @@ class SpeechLLMTask(AbsTask):
         inference: bool = False,
         mode: str | None = None,
         multi_task_dataset: bool = False,
+        utt2length: dict[str, int] | None = None,
     ) -> DataLoader:
-        """Batches of utterances in key order (collect-stats, decoding), tolerant of unreadable audio.
+        """Batches of utterances in key order (collect-stats), or, given ``utt2length``, of the keys sorted
+        by it, longest first, so that a batch holds similar lengths (decoding); tolerant of unreadable audio.
 
         ESPnet's own streaming dataset reads audio where no error can be caught per utterance, so the
         map-style ESPnetDataset is used, over the keys of key_file (or of the first data file).
@@ -183,17 +193,24 @@ class SpeechLLMTask(AbsTask):
             ESPnetDataset(data_path_and_name_and_type, preprocess=preprocess_fn, float_dtype=np.dtype(dtype).name)
         )
         cls.check_task_requirements(dataset, allow_variable_data_keys, train=False, inference=inference)
-        key_source = key_file or data_path_and_name_and_type[0][0]
-        with open(key_source, encoding="utf-8") as f:
-            keys = [line.split(maxsplit=1)[0] for line in f if line.strip()]
+        keys = read_keys(key_file or data_path_and_name_and_type[0][0])
+        if utt2length is not None:
+            keys = sorted(keys, key=lambda k: -utt2length[k])  # stable: equal lengths keep their order
         batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
         return DataLoader(
             dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, pin_memory=ngpu > 0
         )
 
 
+def read_keys(path: str) -> list[str]:
+    """The utterance ids of a key file or scp (first column), in file order."""
+    with open(path, encoding="utf-8") as f:
+        return [line.split(maxsplit=1)[0] for line in f if line.strip()]
+
+
 def fault_tolerant(dataset: ESPnetDataset) -> ESPnetDataset:
-    """An unreadable audio file becomes an empty utterance (logged by id, skipped by the model)."""
+    """An unreadable audio file, or an utterance the feature dump lists as failed, becomes an empty
+    utterance (logged by id, skipped by the model)."""
     path, data_type = dataset.debug_info["speech"]
-    dataset.loader_dict["speech"] = FaultTolerantLoader(dataset.loader_dict["speech"], f"{path} ({data_type})")
+    dataset.loader_dict["speech"] = FaultTolerantLoader(dataset.loader_dict["speech"], path, data_type)
     return dataset

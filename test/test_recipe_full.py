@@ -1,0 +1,145 @@
+"""The embedded default end to end: ``./run.sh`` (stages 1-13, every system, the mini corpus, tiny models)
+writes RESULTS.md with every table filled; a training run is resumed from its checkpoint; export_gates.
+
+The recipe runs in a temporary directory of symlinks to egs2/aishell_ner/llm1, so data/, dump/, exp/,
+downloads/ and RESULTS.md are written there and the checkout stays clean. This is the slow test (the
+whole recipe, ~10-15 minutes on 2 CPU cores): it is what CI runs as the embedded default.
+"""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from espnet_llm.bin.export_gates import gate_values
+
+RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "aishell_ner" / "llm1"
+RUNS = ["conformer/asr"] + [f"{arch}/{phase}" for arch in ("decoder_only", "encoder_decoder")
+                            for phase in ("short", "long", "cot")]
+NER_RUNS = {"conformer/asr", "decoder_only/cot", "encoder_decoder/cot"}
+needs_tools = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="the mini corpus needs espeak-ng and sox"
+)
+
+
+def recipe_copy(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("run.sh", "path.sh", "cmd.sh", "db.sh", "conf", "local", "utils"):
+        (root / name).symlink_to(RECIPE / name)
+    return root
+
+
+def run_sh(recipe: Path, *args: str, timeout: int = 2400) -> str:
+    done = subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    return done.stdout + done.stderr
+
+
+def summary_rows(results_md: str) -> dict[str, list[str]]:
+    """'system/phase' -> the cells of RESULTS.md's summary table."""
+    table = results_md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("|")]
+    header, body = rows[0], rows[2:]
+    assert header[:4] == ["system", "phase", "dev CER", "test CER"], header
+    return {f"{cells[0]}/{cells[1]}": cells for cells in body}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    recipe = recipe_copy(tmp_path_factory.mktemp("recipe"))
+    output = run_sh(recipe)
+    (recipe / "run.log").write_text(output, encoding="utf-8")  # kept for a look at the timings
+    return recipe, output
+
+
+@needs_tools
+def test_run_sh_writes_results_md_with_every_table_filled(full_run):
+    recipe, output = full_run
+    results = (recipe / "RESULTS.md").read_text(encoding="utf-8")
+    rows = summary_rows(results)
+    assert sorted(rows) == sorted(RUNS)
+    number = re.compile(r"^\d+\.\d$")
+    for name, cells in rows.items():
+        assert number.match(cells[2]) and number.match(cells[3]), (name, cells)  # dev and test CER
+        ner_cells = cells[4:]
+        if name in NER_RUNS:
+            assert all(number.match(c) for c in ner_cells), (name, cells)
+        else:
+            assert all(c == "-" for c in ner_cells), (name, cells)  # ASR-only phases have no NER
+    for name in RUNS:
+        section = results.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+        assert re.search(r"\|decode_dev\|\d+\|\d+\|", section) and re.search(r"\|decode_test\|\d+\|\d+\|", section)
+        if name in NER_RUNS:
+            assert "### NER (dev)" in section and "### NER (test)" in section
+        assert "training curves" in section  # plotted from train.log
+    assert "## Environments" in results and "- pytorch version:" in results and "- Git hash:" in results
+    for phase in ("short", "long", "cot"):
+        gates = json.loads((recipe / "exp" / "encoder_decoder" / phase / "gate_values.json").read_text())
+        assert len(gates["gates"]) == 2 and any(g != 0.0 for g in gates["gates"])  # tiny ChatGLM3: 2 layers, trained
+        assert (recipe / "results_images" / f"encoder_decoder_{phase}_gates.png").exists()
+    # stage 13 prints the dev CER of every run
+    for name in RUNS:
+        assert re.search(rf"^\s+{re.escape(name)}\s+dev CER\s+\d+\.\d %$", output, re.M), name
+
+
+@needs_tools
+def test_decoder_only_short_form_learns(full_run):
+    recipe, _ = full_run
+    result = json.loads((recipe / "exp/decoder_only/short/decode_dev/score_cer/result.json").read_text())
+    # a model that outputs nothing scores 100 % (all deletions)
+    assert result["percent"]["Err"] < 100.0, result["percent"]
+
+
+@needs_tools
+def test_stage_11_rerun_is_safe_and_resumes_from_the_checkpoint(full_run):
+    recipe, _ = full_run
+    run_dir = recipe / "exp" / "decoder_only" / "short"
+    epochs = torch.load(run_dir / "checkpoint.pth", weights_only=False)["reporter"]["epoch"]
+    one_run = ["--stage", "11", "--stop_stage", "11", "--systems", "decoder_only", "--llm_phases", "short"]
+    run_sh(recipe, *one_run)  # finished: nothing to train, the averaged model is written again
+    log = (run_dir / "train.log").read_text()
+    assert "already reached at max_epoch" in log and "epoch started" not in log
+    run_sh(recipe, *one_run, "--train_args", f"--max_epoch {epochs + 1}")
+    log = (run_dir / "train.log").read_text()
+    assert "The training was resumed using exp/decoder_only/short/checkpoint.pth" in log
+    started = re.findall(r"INFO: (\d+)/\d+epoch started", log)
+    assert started == [str(epochs + 1)], started  # only the new epoch, not from epoch 1
+    assert (run_dir / f"{epochs + 1}epoch.pth").exists()
+
+
+def test_export_gates_reads_tanh_of_each_layer_gate(tmp_path):
+    prefix = "llm.model.base_model.model.model.layers"
+    state = {f"{prefix}.0.cross_attention.gate": torch.tensor([0.5]),
+             f"{prefix}.3.cross_attention.gate": torch.tensor([-1.0]),
+             f"{prefix}.0.layer.mlp.gate_up_proj.lora_A.default.weight": torch.zeros(2, 2)}
+    torch.save(state, tmp_path / "model.pth")
+    assert gate_values(tmp_path / "model.pth") == pytest.approx({0: float(torch.tanh(torch.tensor(0.5))),
+                                                                  3: float(torch.tanh(torch.tensor(-1.0)))})
+    torch.save({"adapter.weight": torch.zeros(1)}, tmp_path / "decoder_only.pth")
+    with pytest.raises(ValueError, match="no cross-attention gate"):
+        gate_values(tmp_path / "decoder_only.pth")
+
+
+def test_full_size_configs_pass_the_dry_run(tmp_path):
+    """conf/train_{decoder_only,encoder_decoder}_*.yaml at full size (Whisper-large-v2, ChatGLM3-6B: config files
+    only, no weights) through stage 11 with --dry_run: every phase builds and writes its config."""
+    from espnet_llm.bin.count_params import published_architectures
+
+    recipe = recipe_copy(tmp_path / "recipe")
+    published_architectures(recipe / "downloads")  # downloads/whisper-large-v2, downloads/chatglm3-6b, as conf/ names them
+    output = run_sh(recipe, "--model_size", "full", "--stage", "11", "--stop_stage", "11", "--dry_run", "true",
+                    "--systems", "decoder_only encoder_decoder", timeout=900)
+    paper_epochs = {"short": 40, "long": 20, "cot": 20}
+    for arch in ("decoder_only", "encoder_decoder"):
+        for phase, epochs in paper_epochs.items():
+            run_dir = recipe / "exp" / arch / phase
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            assert (config["model"], config["max_epoch"], config["llm_conf"]["lora_rank"]) == (arch, epochs, 32)
+            assert config["llm_conf"]["model_path"] == "downloads/chatglm3-6b"
+            assert "trainable parameters" in (run_dir / "train.log").read_text()
+            assert not list(run_dir.glob("*.pth"))  # nothing trained
+    assert "dry run of encoder_decoder/cot" in output
