@@ -240,3 +240,18 @@ def test_trainable_only_checkpoint_reloads_and_decodes_the_same(tiny_models, arc
     assert out[0][0] == again[0][0] and abs(out[0][1] - again[0][1]) < 1e-4
     beams = fresh.generate(batch["speech"], batch["speech_lengths"], beam_size=3, max_new_tokens=8)
     assert len(beams) == 1 and isinstance(beams[0][0], list)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_generation_never_emits_embedding_rows_without_a_token(tiny_models, beam_size):
+    """ChatGLM3 pads its vocabulary: rows past the tokenizer must never be generated, even when favoured."""
+    model = build(tiny_models)
+    model.eval()
+    vocab_rows, num_tokens = model.llm.model.config.vocab_size, len(model.llm.tokenizer)
+    assert vocab_rows > num_tokens  # the tiny model pads like the real one
+    output_layer = model.llm.model.get_output_embeddings()
+    with torch.no_grad():  # make the padding rows the most likely outputs everywhere
+        getattr(output_layer, "base_layer", output_layer).weight[num_tokens:] = 10.0
+    batch = batch_for(model, ROWS)
+    for ids, _, parsed in model.generate(batch["speech"], batch["speech_lengths"], beam_size=beam_size, max_new_tokens=5):
+        assert ids and max(ids) < num_tokens

@@ -174,8 +174,11 @@ class SpeechLLM(AbsESPnetModel):
         mask = torch.stack(
             [torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]
         ).long().to(embeds.device)
+        # the embedding rows past the tokenizer (ChatGLM3 pads 64,802 tokens to 65,024) are no tokens
+        rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
         with self.attending_to(memory, memory_lengths, repeat=beam_size):
             out = self.llm.model.generate(
+                suppress_tokens=rows_without_token or None,
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
