@@ -3,6 +3,7 @@
 # AISHELL-1 + AISHELL-NER, or on the bundled mini corpus when db.sh names no corpus.
 #   ./run.sh                                 # everything, on the mini corpus unless db.sh says otherwise
 #   ./run.sh --stage 1 --stop_stage 5        # the data stages only
+#   ./run.sh --stage 10 --systems decoder_only --llm_phases short   # one system, one phase
 set -e
 set -u
 set -o pipefail
@@ -18,7 +19,7 @@ SECONDS=0
 # General
 stage=1               # first stage to run
 stop_stage=10000      # last stage to run
-nj=2                  # parallel jobs of the data stages
+nj=2                  # parallel jobs of the data stages and of collect-stats
 python=python3        # the python of tools/venv once path.sh is sourced
 dumpdir=dump          # formatted data directories
 expdir=exp            # experiments
@@ -44,6 +45,28 @@ blank="<blank>"
 oov="<unk>"
 sos_eos="<sos/eos>"
 
+# Systems (stages 5, 10-13)
+systems="conformer decoder_only encoder_decoder"  # conformer: ESPnet's Conformer baseline; the others: speech LLMs
+llm_phases="short long cot"  # each speech LLM's phases in order; phase n+1 starts from phase n's model
+model_size=           # tiny: conf/tiny/ (random tiny Whisper and ChatGLM3, built in stage 5); full: conf/
+                      # (Whisper-large-v2, ChatGLM3-6B); empty: tiny on the mini corpus, full on AISHELL-1
+
+# Training (stages 10-11): ESPnet's asr.sh options
+ngpu=                 # GPUs per node; empty: 1 if nvidia-smi lists a GPU, else 0
+num_nodes=1           # nodes of a training job (>1: a Slurm cuda_cmd in cmd.sh)
+train_config=         # a training config for the one selected run; empty: ${conf_dir}/train_<system>_<phase>.yaml
+train_args=           # more options of the training program, e.g. "--max_epoch 5"
+dry_run=false         # stage 11 only builds each model (the LLMs at full size on the meta device, no weights read)
+                      # and writes its config.yaml: checks the configs
+
+# Decoding (stage 12)
+inference_config=     # empty: ${conf_dir}/decode_asr_conformer.yaml (conformer), decode_speech_llm.yaml (LLMs)
+inference_args=       # more decoding options, e.g. "--beam_size 1"
+inference_model=valid.acc.ave.pth  # the checkpoint of a run that is decoded, and that the next phase starts from
+inference_nj=         # parallel decoding jobs per set (the sets of a run are decoded at the same time);
+                      # empty: 1 for model_size tiny (startup dominates), 8 for full
+gpu_inference=false   # decode with one GPU per job, through cuda_cmd
+
 help_message=$(cat <<EOF
 Usage: $0 [--stage <stage>] [--stop_stage <stop_stage>] [--option value ...]
 
@@ -54,11 +77,22 @@ Stages:
   3  audio formatting: data/<set> -> ${dumpdir}/raw/org/<set> (${fs} Hz 16-bit mono wav, utt2num_samples)
   4  length filtering: ${dumpdir}/raw/org/<set> -> ${dumpdir}/raw/<set> (training and validation sets;
      test sets are copied whole and their out-of-limit utterances counted)
-  5  char token list of text_ner (entity marks included) for the Conformer baseline
+  5  char token list of text_ner (entity marks included) for the Conformer baseline; for the speech LLMs,
+     the tiny models (model_size tiny, when absent) and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
+  10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
+     history and LLM, so the same phase of both architectures shares them)
+  11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
+     from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model
+  12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
+  13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
+     systems, and RESULTS.md with plots
+
+Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run per phase
+(<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml.
 
 Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --stage, --stop_stage       stages to run [${stage}, ${stop_stage}]
-  --nj                        parallel jobs of the data stages [${nj}]
+  --nj                        parallel jobs of the data stages and collect stats [${nj}]
   --aishell_root              AISHELL-1 data_aishell/; empty = mini corpus [db.sh: '${AISHELL}']
   --ner_transcripts           AISHELL-NER transcript file(s) [db.sh: '${AISHELL_NER}']
   --local_data_opts           more options for local/data.sh ['${local_data_opts}']
@@ -67,6 +101,18 @@ Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --speed_perturb_factors     e.g. "0.9 1.0 1.1" ['${speed_perturb_factors}']
   --min_wav_duration, --max_wav_duration  limits of stage 4 in seconds [${min_wav_duration}, ${max_wav_duration}]
   --dumpdir, --expdir         output directories [${dumpdir}, ${expdir}]
+  --systems                   systems to build ['${systems}']
+  --llm_phases                phases of each speech LLM, in order ['${llm_phases}']
+  --model_size                tiny | full; empty: tiny on the mini corpus ['${model_size}']
+  --ngpu, --num_nodes         GPUs per node (empty: 1 if there is one), nodes ['${ngpu}', ${num_nodes}]
+  --train_config              training config of the one selected run ['${train_config}']
+  --train_args                more training options ['${train_args}']
+  --dry_run                   stage 11 checks the configs, without training [${dry_run}]
+  --inference_config          decoding config ['${inference_config}']
+  --inference_args            more decoding options ['${inference_args}']
+  --inference_model           checkpoint to decode and to start the next phase from [${inference_model}]
+  --inference_nj              decoding jobs per set; empty: 1 (tiny), 8 (full) ['${inference_nj}']
+  --gpu_inference             decode on GPUs [${gpu_inference}]
   --config <file>             read options from a file of name=value lines
 EOF
 )
@@ -82,6 +128,24 @@ fi
 . ./cmd.sh
 
 char_token_list=${token_listdir}/char/tokens.txt
+
+if [ -z "${model_size}" ]; then
+    if [ -n "${aishell_root}" ]; then model_size=full; else model_size=tiny; fi
+fi
+case "${model_size}" in
+    tiny) conf_dir=conf/tiny; inference_nj=${inference_nj:-1} ;;
+    full) conf_dir=conf; inference_nj=${inference_nj:-8} ;;
+    *) log "Error: --model_size must be tiny or full, got '${model_size}'"; exit 1 ;;
+esac
+if [ -z "${ngpu}" ]; then
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+    ngpu=$(( ngpu > 0 ? 1 : 0 ))
+fi
+if "${gpu_inference}"; then
+    inference_cmd=${cuda_cmd}; inference_ngpu=1
+else
+    inference_cmd=${decode_cmd}; inference_ngpu=0
+fi
 
 # The data sets, each once, in the order train, valid, tests.
 data_sets() {
@@ -100,6 +164,83 @@ require_sox() {
 make_history() {
     ${python} -m espnet_llm.data_prep.history "$1" --k "${history_k}"
 }
+
+# The training runs, in order, one "<system> <phase> <training config>" line each.
+training_runs() {
+    local system phase
+    for system in ${systems}; do
+        if [ "${system}" = conformer ]; then
+            echo "conformer asr ${train_config:-${conf_dir}/train_asr_conformer.yaml}"
+        else
+            for phase in ${llm_phases}; do
+                echo "${system} ${phase} ${train_config:-${conf_dir}/train_${system}_${phase}.yaml}"
+            done
+        fi
+    done
+}
+mapfile -t runs < <(training_runs)
+if [ -n "${train_config}" ] && [ "${#runs[@]}" -gt 1 ]; then
+    log "Error: --train_config is for one run; select it with --systems and --llm_phases (selected: ${#runs[@]} runs)"
+    exit 1
+fi
+
+# Values of a YAML config, one per line: config_value <file> <key>[.<subkey>...] ...
+config_value() {
+    ${python} -c 'import sys, yaml
+config = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
+for name in sys.argv[2:]:
+    value = config
+    for key in name.split("."):
+        value = value[key]
+    print(value)' "$@"
+}
+
+# Where a run's collect-stats output goes. A speech LLM's shapes depend only on its task, its history
+# and its tokenizer, so runs that share these (the same phase of both architectures) share the stats.
+stats_dir_of() {  # <system> <phase> <training config>
+    if [ "$1" = conformer ]; then
+        echo "${expdir}/stats/conformer_$2"
+    else
+        # shellcheck disable=SC2046
+        printf "${expdir}/stats/%s_history%s_%s\n" $(config_value "$3" prompt_task num_history llm_conf.model_path \
+            | sed -e '3s#.*/##')
+    fi
+}
+
+# The training and validation data of a system as training options: data_opts <system> <train dir> <valid dir>
+data_opts() {
+    local opts="" phase dir entry entries
+    if [ "$1" = conformer ]; then
+        entries="wav.scp,speech,sound text_ner,text,text"  # the entity-aware baseline learns the marked text
+    else
+        entries="wav.scp,speech,sound text,text,text text_ner,text_ner,text utt2history,history,text"
+    fi
+    for phase in train valid; do
+        if [ "${phase}" = train ]; then dir=$2; else dir=$3; fi
+        for entry in ${entries}; do
+            opts+=" --${phase}_data_path_and_name_and_type ${dir}/${entry}"
+        done
+    done
+    echo "${opts}"
+}
+
+# The Conformer's text processing (ESPnet's asr_train options)
+conformer_text_opts="--use_preprocessor true --token_type char --token_list ${char_token_list}"
+conformer_text_opts+=" --non_linguistic_symbols none --cleaner none --g2p none"
+
+train_module() {
+    if [ "$1" = conformer ]; then echo espnet2.bin.asr_train; else echo espnet_llm.bin.speech_llm_train; fi
+}
+
+# split_keys <scp> <n> <prefix>: <prefix>.1.scp ... <prefix>.<n>.scp
+split_keys() {
+    local n files=""
+    for n in $(seq "$2"); do files+=" $3.${n}.scp"; done
+    # shellcheck disable=SC2086
+    utils/split_scp.pl "$1" ${files}
+}
+
+min() { echo $(( $1 < $2 ? $1 : $2 )); }
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ -n "${aishell_root}" ]; then
@@ -212,6 +353,238 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
         exit 1
     fi
     ${python} -m espnet_llm.data_prep.summary --token_list "${char_token_list}"
+
+    # The speech LLMs' models: each config names its Whisper and ChatGLM3 directories.
+    _llm_dir=
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        [ "${system}" = conformer ] && continue
+        _whisper=$(config_value "${config}" speech_encoder_conf.model_path)
+        _chatglm3=$(config_value "${config}" llm_conf.model_path)
+        if [ "${model_size}" = tiny ] && { [ ! -e "${_whisper}" ] || [ ! -e "${_chatglm3}" ]; }; then
+            log "Stage 5: tiny random Whisper and ChatGLM3 for ${config} -> $(dirname "${_chatglm3}")"
+            ${python} -m espnet_llm.bin.make_tiny_models --output_dir "$(dirname "${_chatglm3}")"
+        fi
+        for _model in "${_whisper}" "${_chatglm3}"; do
+            if [ ! -e "${_model}" ]; then
+                log "Error: ${_model} (named in ${config}) not found: put the model there" \
+                    "(openai/whisper-large-v2, THUDM/chatglm3-6b), or change the path in the config"
+                exit 1
+            fi
+        done
+        _llm_dir=${_llm_dir:-${_chatglm3}}
+    done
+    if [ -n "${_llm_dir}" ]; then
+        log "Stage 5: ChatGLM3 tokenizer of ${_llm_dir} -> ${token_listdir}/chatglm3"
+        ${python} -m espnet_llm.llm.tokenizer --model_dir "${_llm_dir}" --output_dir "${token_listdir}/chatglm3"
+    fi
+fi
+
+if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
+    _train_dir=${dumpdir}/raw/${train_set}
+    _valid_dir=${dumpdir}/raw/${valid_set}
+    _nj=$(min "$(min "${nj}" "$(wc -l <"${_train_dir}/wav.scp")")" "$(wc -l <"${_valid_dir}/wav.scp")")
+    _collected=" "
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
+        if [[ ${_collected} == *" ${_stats_dir} "* ]]; then
+            log "Stage 10: ${system}/${phase} shares ${_stats_dir}"
+            continue
+        fi
+        _collected+="${_stats_dir} "
+        _logdir=${_stats_dir}/logdir
+        log "Stage 10: collect stats of ${system}/${phase} (${config}) in ${_nj} job(s): ${_logdir}/stats.*.log"
+        rm -rf "${_stats_dir}"
+        mkdir -p "${_logdir}"
+        split_keys "${_train_dir}/wav.scp" "${_nj}" "${_logdir}/train"
+        split_keys "${_valid_dir}/wav.scp" "${_nj}" "${_logdir}/valid"
+        _opts=$(data_opts "${system}" "${_train_dir}" "${_valid_dir}")
+        if [ "${system}" = conformer ]; then
+            _opts+=" ${conformer_text_opts}"
+        fi
+        # shellcheck disable=SC2086
+        ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
+            ${python} -m "$(train_module "${system}")" --collect_stats true --config "${config}" ${_opts} \
+                --train_shape_file "${_logdir}/train.JOB.scp" --valid_shape_file "${_logdir}/valid.JOB.scp" \
+                --output_dir "${_logdir}/stats.JOB" ${train_args}
+        # shellcheck disable=SC2046
+        ${python} -m espnet2.bin.aggregate_stats_dirs --output_dir "${_stats_dir}" \
+            $(for n in $(seq "${_nj}"); do echo "--input_dir ${_logdir}/stats.${n}"; done)
+        if [ "${system}" = conformer ]; then
+            # ESPnet's text shape with the vocabulary size, as asr.sh writes it
+            for dset in train valid; do
+                awk -v N="$(wc -l <"${char_token_list}")" '{ print $0 "," N }' \
+                    "${_stats_dir}/${dset}/text_shape" >"${_stats_dir}/${dset}/text_shape.char"
+            done
+        fi
+    done
+fi
+
+if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
+    _train_dir=${dumpdir}/raw/${train_set}
+    _valid_dir=${dumpdir}/raw/${valid_set}
+    _prev_system=
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        _dir=${expdir}/${system}/${phase}
+        _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
+        _opts="--config ${config} $(data_opts "${system}" "${_train_dir}" "${_valid_dir}")"
+        if [ "${system}" = conformer ]; then
+            _opts+=" ${conformer_text_opts} --fold_length 80000 --fold_length 150"
+            _opts+=" --normalize global_mvn --normalize_conf stats_file=${_stats_dir}/train/feats_stats.npz"
+            _text_shape=text_shape.char
+        else
+            _text_shape=text_shape
+        fi
+        for dset in train valid; do
+            _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/speech_shape"
+            _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/${_text_shape}"
+        done
+        _from=
+        if "${dry_run}"; then
+            _opts+=" --dry_run true"
+        elif [ "${system}" != conformer ] && [ "${system}" = "${_prev_system}" ]; then
+            _from=${_prev_dir}/${inference_model}
+            if [ ! -f "${_from}" ]; then
+                log "Error: ${system}/${phase} starts from ${_from}, which does not exist: train the previous phase first"
+                exit 1
+            fi
+            _opts+=" --init_param ${_from}"
+        fi
+        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
+        mkdir -p "${_dir}"
+        # --resume true: a run stopped in this stage goes on from ${_dir}/checkpoint.pth
+        # shellcheck disable=SC2086
+        ${python} -m espnet2.bin.launch \
+            --cmd "${cuda_cmd}" \
+            --log "${_dir}/train.log" \
+            --ngpu "${ngpu}" \
+            --num_nodes "${num_nodes}" \
+            --init_file_prefix "${_dir}/.dist_init_" \
+            --multiprocessing_distributed true -- \
+            ${python} -m "$(train_module "${system}")" \
+                --resume true \
+                --output_dir "${_dir}" \
+                ${_opts} ${train_args}
+        grep -h "epoch results" "${_dir}/train.log" | tail -n 1 | sed -e 's/.*INFO: //' -e 's/\[train\].*\[valid\]/... [valid]/' || true
+        _prev_system=${system}
+        _prev_dir=${_dir}
+    done
+fi
+
+if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
+    # decode_set <system> <run dir> <decoding config> <set>: ${inference_nj} jobs, outputs merged into decode_<set>/
+    decode_set() {
+        local system=$1 dir=$2 config=$3 dset=$4
+        local data=${dumpdir}/raw/${dset} decode_dir=${dir}/decode_${dset}
+        local logdir=${decode_dir}/logdir
+        local nj
+        nj=$(min "${inference_nj}" "$(wc -l <"${data}/wav.scp")")
+        rm -rf "${decode_dir}"
+        mkdir -p "${logdir}"
+        split_keys "${data}/wav.scp" "${nj}" "${logdir}/keys"
+        if [ "${system}" = conformer ]; then
+            # shellcheck disable=SC2086
+            ${inference_cmd} --gpu "${inference_ngpu}" JOB=1:"${nj}" "${logdir}/inference.JOB.log" \
+                ${python} -m espnet2.bin.asr_inference --batch_size 1 --ngpu "${inference_ngpu}" \
+                    --data_path_and_name_and_type "${data}/wav.scp,speech,sound" \
+                    --key_file "${logdir}/keys.JOB.scp" \
+                    --asr_train_config "${dir}/config.yaml" \
+                    --asr_model_file "${dir}/${inference_model}" \
+                    --output_dir "${logdir}/output.JOB" \
+                    --config "${config}" ${inference_args}
+        else
+            # utt2history: the long-form phases put the speaker's previous utterances before each one
+            # shellcheck disable=SC2086
+            ${inference_cmd} --gpu "${inference_ngpu}" JOB=1:"${nj}" "${logdir}/inference.JOB.log" \
+                ${python} -m espnet_llm.bin.speech_llm_inference --ngpu "${inference_ngpu}" \
+                    --data_path_and_name_and_type "${data}/wav.scp,speech,sound" \
+                    --data_path_and_name_and_type "${data}/utt2history,history,text" \
+                    --key_file "${logdir}/keys.JOB.scp" \
+                    --speech_llm_train_config "${dir}/config.yaml" \
+                    --speech_llm_model_file "${dir}/${inference_model}" \
+                    --output_dir "${logdir}/output.JOB" \
+                    --config "${config}" ${inference_args}
+        fi
+        local f n
+        for f in text token score text_ner; do
+            if [ -f "${logdir}/output.1/1best_recog/${f}" ]; then
+                for n in $(seq "${nj}"); do
+                    cat "${logdir}/output.${n}/1best_recog/${f}"
+                done | sort -k1,1 >"${decode_dir}/${f}"
+            fi
+        done
+        if [ "${system}" = conformer ]; then
+            # the baseline writes the marked text: it is the NER output, and without the marks the transcript
+            mv "${decode_dir}/text" "${decode_dir}/text_ner"
+            sed -e 's/[][()<>]//g' "${decode_dir}/text_ner" >"${decode_dir}/text"
+        fi
+        log "decoded ${dset}: $(wc -l <"${decode_dir}/text") utterances -> ${decode_dir}/text"
+    }
+
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        _dir=${expdir}/${system}/${phase}
+        if [ ! -f "${_dir}/${inference_model}" ]; then
+            log "Error: ${_dir}/${inference_model} not found: train ${system}/${phase} first (stage 11)"
+            exit 1
+        fi
+        if [ "${system}" = conformer ]; then
+            _config=${inference_config:-${conf_dir}/decode_asr_conformer.yaml}
+        else
+            _config=${inference_config:-${conf_dir}/decode_speech_llm.yaml}
+        fi
+        log "Stage 12: decoding '${test_sets}' with ${system}/${phase} (${_config}), ${inference_nj} job(s) per set:" \
+            "${_dir}/decode_<set>/logdir/inference.*.log"
+        # the sets at the same time: with small models the start of each job takes longer than its decoding
+        _pids=()
+        for dset in ${test_sets}; do
+            decode_set "${system}" "${_dir}" "${_config}" "${dset}" &
+            _pids+=($!)
+        done
+        _failed=0
+        for _pid in "${_pids[@]}"; do
+            wait "${_pid}" || _failed=$((_failed + 1))
+        done
+        if [ "${_failed}" -gt 0 ]; then
+            log "Error: decoding ${_failed} set(s) with ${system}/${phase} failed (see the run.pl messages above)"
+            exit 1
+        fi
+    done
+fi
+
+if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        _dir=${expdir}/${system}/${phase}
+        for dset in ${test_sets}; do
+            _data=${dumpdir}/raw/${dset}
+            _decode_dir=${_dir}/decode_${dset}
+            log "Stage 13: scoring ${_decode_dir}"
+            ${python} -m espnet_llm.bin.score_cer --ref "${_data}/text" --hyp "${_decode_dir}/text" \
+                --out_dir "${_decode_dir}/score_cer" | tail -n 1
+            rm -rf "${_decode_dir}/score_ner"
+            if [ -f "${_decode_dir}/text_ner" ]; then
+                ${python} -m espnet_llm.bin.score_ner --ref "${_data}/text_ner" --hyp "${_decode_dir}/text_ner" \
+                    --out_dir "${_decode_dir}/score_ner" | sed -n 1p  # the counts; tables: result.txt
+            fi
+        done
+        if [ "${system}" != conformer ] && [ "$(config_value "${_dir}/config.yaml" model)" = encoder_decoder ]; then
+            ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
+                --output "${_dir}/gate_values.json"
+        fi
+    done
+    log "Stage 13: RESULTS.md"
+    ${python} -m espnet_llm.bin.make_results --expdir "${expdir}" --out RESULTS.md
+    log "Stage 13: ${valid_set} CER of each system:"
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        _result=${expdir}/${system}/${phase}/decode_${valid_set}/score_cer/result.json
+        [ -f "${_result}" ] || continue
+        ${python} -c 'import json, sys; cer = json.load(open(sys.argv[1]))["percent"]["Err"]
+print("  %-24s %s CER %6.1f %%" % (sys.argv[2], sys.argv[3], cer))' "${_result}" "${system}/${phase}" "${valid_set}"
+    done
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
