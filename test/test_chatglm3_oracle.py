@@ -23,19 +23,9 @@ from espnet_llm.llm.chatglm3 import (
     official_parameter_shapes,
     rotary_inv_freq_length,
 )
-from espnet_llm.llm.tiny import write_random_chatglm3_checkpoint
+from espnet_llm.llm.tiny import TINY_CHATGLM3_SIZES, write_random_chatglm3_checkpoint
 
-SMALL = {
-    **CHATGLM3_6B_CONFIG,
-    "num_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "multi_query_group_num": 2,
-    "kv_channels": 16,
-    "ffn_hidden_size": 128,
-    "padded_vocab_size": 96,
-    "seq_length": 256,
-}
+SMALL = {**CHATGLM3_6B_CONFIG, **TINY_CHATGLM3_SIZES, "padded_vocab_size": 96, "seq_length": 256}
 # Heads x head_dim different from hidden_size, 4 groups, and a rope_ratio as ChatGLM3-6B-32k's.
 SMALL_VARIANT = {**SMALL, "num_attention_heads": 8, "multi_query_group_num": 4, "kv_channels": 32, "rope_ratio": 50}
 STD = 0.15  # large enough that every sub-layer moves the logits well past the tolerance

@@ -17,18 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-def read_utt2spk(path: Path) -> dict[str, str]:
-    utt2spk = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(f"{path}:{lineno}: expected '<uttid> <speaker>', got {line.rstrip()!r}")
-            utt2spk[fields[0]] = fields[1]
-    return utt2spk
+from espnet_llm.data_prep.kaldi_dir import read_utt2spk
 
 
 def build_history(utt2spk: dict[str, str], k: int) -> dict[str, list[str]]:

@@ -78,6 +78,20 @@ def read_table(path: str | Path, allow_empty_value: bool | None = None) -> Table
     return table
 
 
+def read_utt2spk(path: str | Path) -> dict[str, str]:
+    """A strict ``<uttid> <speaker>`` reader: a malformed line is an error naming it."""
+    utt2spk = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{lineno}: expected '<uttid> <speaker>', got {line.rstrip()!r}")
+            utt2spk[fields[0]] = fields[1]
+    return utt2spk
+
+
 def write_table(path: str | Path, entries: dict[str, str]) -> None:
     """Write a table sorted by id; an empty value leaves just the id on its line."""
     with open(path, "w", encoding="utf-8") as f:

@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from espnet_llm.data_prep.kaldi_dir import read_utt2spk
 from espnet_llm.scoring.alignment import CORRECT, DELETION, INSERTION, SUBSTITUTION, align, count_errors
 from espnet_llm.text.aishell_ner import normalize_transcript, strip_marks
 
@@ -104,32 +105,23 @@ class CerResult:
                    data["missing_hypotheses"], data["extra_hypotheses"])
 
 
-def read_kaldi_text(path: str | Path) -> dict[str, str]:
-    """``<uttid> <transcript>`` lines (the transcript may be empty); a repeated id is an error."""
-    texts: dict[str, str] = {}
+def read_numbered_text(path: str | Path) -> dict[str, tuple[int, str]]:
+    """uttid -> (line number, transcript) of ``<uttid> <transcript>`` lines; a repeated id is an error."""
+    texts: dict[str, tuple[int, str]] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip("\n").split(maxsplit=1)
             if not parts:
                 continue
-            uttid = parts[0]
-            if uttid in texts:
-                raise ValueError(f"{path}:{lineno}: utterance id {uttid} appears twice")
-            texts[uttid] = parts[1] if len(parts) > 1 else ""
+            if parts[0] in texts:
+                raise ValueError(f"{path}:{lineno}: utterance id {parts[0]} appears twice")
+            texts[parts[0]] = (lineno, parts[1] if len(parts) > 1 else "")
     return texts
 
 
-def read_utt2spk(path: str | Path) -> dict[str, str]:
-    utt2spk = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected '<uttid> <speaker>', got {line.rstrip()!r}")
-            utt2spk[parts[0]] = parts[1]
-    return utt2spk
+def read_kaldi_text(path: str | Path) -> dict[str, str]:
+    """``<uttid> <transcript>`` lines (the transcript may be empty); a repeated id is an error."""
+    return {uttid: text for uttid, (_, text) in read_numbered_text(path).items()}
 
 
 def cer_tokens(transcript: str) -> list[str]:

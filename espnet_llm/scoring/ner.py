@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from espnet_llm.scoring.alignment import CORRECT, SUBSTITUTION, align
+from espnet_llm.scoring.cer import read_numbered_text
 from espnet_llm.text.aishell_ner import (
     ENTITY_TYPES,
     Entity,
@@ -190,20 +191,6 @@ def error_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _read_marked(path: Path) -> dict[str, tuple[int, str]]:
-    """uttid -> (line number, marked transcript); a repeated id is an error."""
-    texts: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if not parts:
-                continue
-            if parts[0] in texts:
-                raise ValueError(f"{path}:{lineno}: utterance id {parts[0]} appears twice")
-            texts[parts[0]] = (lineno, parts[1] if len(parts) > 1 else "")
-    return texts
-
-
 def _entity_str(e: Entity | None) -> str:
     return f"{e.type}:{e.text}" if e else "-"
 
@@ -212,7 +199,7 @@ def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str |
     """Score marked hypotheses against marked references; write result.txt, result.json, errors.txt."""
     ref_path, hyp_path, out_dir = Path(ref_text_ner), Path(hyp_text_ner), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    refs, hyps = _read_marked(ref_path), _read_marked(hyp_path)
+    refs, hyps = read_numbered_text(ref_path), read_numbered_text(hyp_path)
 
     counts = NerCounts()
     malformed_hyp: dict[str, list[str]] = {}
