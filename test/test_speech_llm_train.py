@@ -84,13 +84,15 @@ def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(ti
     )
     keys, batch = next(iter(loader))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    for step in range(300):
+    for step in range(600):
         loss, stats, _ = model(**batch, utt_id=keys)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        if step % 25 == 24 and float(stats["acc"]) == 1.0:
+        # a mean token loss under ln(2) / n_tokens puts every gold token above probability 1/2, so
+        # greedy decoding has a margin that numerics of another CPU cannot flip (accuracy 1.0 has none)
+        if float(stats["loss"]) * (int(batch["text_lengths"].sum()) + len(keys)) < 0.69:  # + one <eos> each
             break
     # decode through the inference entry point, from a trainable-only checkpoint
     exp = tmp_path / "exp"
