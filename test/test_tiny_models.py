@@ -1,4 +1,5 @@
 import json
+import math
 
 import torch
 
@@ -6,6 +7,7 @@ from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, checkpoint_shards, load_
 from espnet_llm.llm.tiny import write_tiny_chatglm3
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
+from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder
 
 
 def test_tiny_models_have_the_real_formats(tiny_models):
@@ -46,3 +48,14 @@ def test_tiny_chatglm3_learns_a_dev_line_in_a_few_steps(tiny_models):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_tiny_whisper_output_carries_the_speech_not_only_the_positions(tiny_models):
+    # two different sounds of the same length: with transformers' default init the outputs at each frame
+    # were 99.95% alike (the positions drowned the convolutions); the tiny encoder must tell them apart
+    encoder = WhisperSpeechEncoder(tiny_models / "whisper")
+    t = torch.arange(32000) / 16000
+    speech = torch.stack([0.3 * torch.sin(2 * math.pi * 220 * t), 0.3 * torch.sin(2 * math.pi * 1800 * t) * (t % 0.5 < 0.25)])
+    hidden, _ = encoder(speech, torch.tensor([32000, 32000]))
+    a, b = hidden[0], hidden[1]
+    assert ((a - b) ** 2).mean() > 0.2 * (a**2).mean()

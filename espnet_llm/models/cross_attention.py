@@ -18,6 +18,20 @@ class SpeechMemory:
     def __init__(self):
         self.feats: torch.Tensor | None = None  # (B, S, D)
         self.mask: torch.Tensor | None = None  # (B, S) True where a real frame is
+        self.keys_values: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, for these feats
+        self.reuse_keys_values = True  # False: project at every call (the plain path, kept to test and measure against)
+
+    def set(self, feats: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        self.feats, self.mask, self.keys_values = feats, mask, {}
+
+    def projected(self, layer: "GatedCrossAttention", dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys and values of the memory. Without gradients (decoding) they are computed once per
+        memory instead of at every generated token; with gradients at every call (each backward needs its graph)."""
+        if torch.is_grad_enabled() or not self.reuse_keys_values:
+            return layer.keys_values(self.feats.to(dtype))
+        if layer not in self.keys_values:
+            self.keys_values[layer] = layer.keys_values(self.feats.to(dtype))
+        return self.keys_values[layer]
 
 
 class GatedCrossAttention(nn.Module):
@@ -33,12 +47,19 @@ class GatedCrossAttention(nn.Module):
         self.out = nn.Linear(attention_size, hidden_size, bias=False)
         self.gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, A) -> (B, heads, L, A / heads)"""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.key(memory)), self.heads(self.value(memory))
+
+    def forward(
+        self, hidden: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
+    ) -> torch.Tensor:
         batch, length, _ = hidden.shape
-        heads = lambda x: x.view(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731
-        memory = memory.to(hidden.dtype)
-        q = heads(self.query(self.norm(hidden)))
-        k, v = heads(self.key(memory)), heads(self.value(memory))
+        q = self.heads(self.query(self.norm(hidden)))
+        k, v = keys_values
         # a row without any frame (never passed in practice) would give NaN; let it see its padding instead
         mask = mask | ~mask.any(-1, keepdim=True)
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
@@ -58,5 +79,6 @@ class CrossAttendingDecoderLayer(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         if self.memory.feats is None:
             raise RuntimeError("the cross-attention layers were called without speech memory")
-        hidden_states = self.cross_attention(hidden_states, self.memory.feats, self.memory.mask)
+        keys_values = self.memory.projected(self.cross_attention, hidden_states.dtype)
+        hidden_states = self.cross_attention(hidden_states, keys_values, self.memory.mask)
         return self.layer(hidden_states, *args, **kwargs)

@@ -51,12 +51,11 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
     def attending_to(self, memory, memory_lengths, repeat: int = 1):
         mask = torch.arange(memory.shape[1], device=memory.device)[None] < memory_lengths[:, None]
         # beam search runs beam_size copies of each row side by side (transformers' repeat_interleave)
-        self.memory.feats = memory.repeat_interleave(repeat, 0)
-        self.memory.mask = mask.repeat_interleave(repeat, 0)
+        self.memory.set(memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0))
         try:
             yield
         finally:
-            self.memory.feats = self.memory.mask = None
+            self.memory.set(None, None)
 
     def gate_values(self) -> dict[int, float]:
         """tanh(gate) per LLM layer (the paper's Figure 2a)."""

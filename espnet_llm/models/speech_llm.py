@@ -18,6 +18,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from espnet_llm.models.llm import positions
 from espnet_llm.models.prompts import ParsedOutput, PromptLayout
 
 IGNORE = -100
@@ -41,6 +42,7 @@ class SpeechLLM(AbsESPnetModel):
         self.save_trainable_only = save_trainable_only
         self.extract_feats_in_collect_stats = extract_feats_in_collect_stats
         self.num_broken = 0
+        self.prefill_prompt_once = True  # False: the plain beam search path, kept to test and measure against
         for p in self.speech_encoder.parameters():
             p.requires_grad_(False)  # Whisper stays frozen in every phase
 
@@ -152,6 +154,30 @@ class SpeechLLM(AbsESPnetModel):
         """A context in which the LLM sees the speech memory (a no-op for the decoder-only model)."""
 
     # ---------------------------------------------------------------- decoding
+    def left_padded_prompts(self, memory, memory_lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts as embeddings (B, P, H) and attention mask (B, P), left-padded: every row's last prompt
+        token sits at the same place, where generation continues."""
+        prompts = self.prompt_embeddings(memory, memory_lengths)
+        width = max(len(p) for p in prompts)
+        embeds = torch.stack([nn.functional.pad(p, (0, 0, width - len(p), 0)) for p in prompts])
+        mask = torch.stack(
+            [torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]
+        ).long().to(embeds.device)
+        return embeds, mask
+
+    def prompt_cache(self, embeds, mask, memory, memory_lengths, beam_size: int):
+        """The KV cache of the prompt but its last position, run through the LLM for the B rows once and repeated
+        for the beams. Left alone, transformers' beam search repeats the prompt (with the decoder-only model's
+        speech embeddings) beam_size times before running it. The last position is left to generate, whose
+        first step needs its logits."""
+        with self.attending_to(memory, memory_lengths):
+            cache = self.llm.causal_lm.model(
+                inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
+                use_cache=True,
+            ).cache
+        cache.batch_repeat_interleave(beam_size)  # in transformers' order: the beams of a row side by side
+        return cache
+
     @torch.no_grad()
     def generate(
         self,
@@ -167,13 +193,10 @@ class SpeechLLM(AbsESPnetModel):
         Returns per row (generated ids, log-probability, parsed output); broken rows must be removed before.
         """
         memory, memory_lengths = self.encode_speech(speech, speech_lengths, speech_segments)
-        prompts = self.prompt_embeddings(memory, memory_lengths)
-        width = max(len(p) for p in prompts)
-        # left padding: every row's last prompt token sits at the same place, where generation continues
-        embeds = torch.stack([nn.functional.pad(p, (0, 0, width - len(p), 0)) for p in prompts])
-        mask = torch.stack(
-            [torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]
-        ).long().to(embeds.device)
+        embeds, mask = self.left_padded_prompts(memory, memory_lengths)
+        cache = None  # greedy search runs the prompt for the B rows anyway
+        if beam_size > 1 and self.prefill_prompt_once:
+            cache = self.prompt_cache(embeds, mask, memory, memory_lengths, beam_size)
         # the embedding rows past the tokenizer (ChatGLM3 pads 64,802 tokens to 65,024) are no tokens
         rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
         with self.attending_to(memory, memory_lengths, repeat=beam_size):
@@ -181,6 +204,7 @@ class SpeechLLM(AbsESPnetModel):
                 suppress_tokens=rows_without_token or None,
                 inputs_embeds=embeds,
                 attention_mask=mask,
+                cache=cache,
                 max_new_tokens=max_new_tokens,
                 num_beams=beam_size,
                 do_sample=False,

@@ -32,6 +32,7 @@ TINY_WHISPER_CONFIG = {
     "begin_suppress_tokens": None,
     "suppress_tokens": None,
 }
+CONV_GAIN = 4.0
 
 
 def write_tiny_whisper(output_dir: str | Path, seed: int = 0) -> Path:
@@ -40,6 +41,12 @@ def write_tiny_whisper(output_dir: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = WhisperModel(WhisperConfig(**TINY_WHISPER_CONFIG))
+        # transformers' std-0.02 init leaves the convolutions' output ~100 times weaker than the sinusoidal
+        # positions, so that a random encoder's output is 99.95% position and 0.05% speech; a std of
+        # CONV_GAIN / sqrt(fan_in) makes the speech dominate, as it does in a trained Whisper
+        for conv in (model.encoder.conv1, model.encoder.conv2):
+            fan_in = conv.in_channels * conv.kernel_size[0]
+            torch.nn.init.normal_(conv.weight, std=CONV_GAIN / fan_in**0.5)
     model.save_pretrained(output_dir)
     WhisperFeatureExtractor(feature_size=TINY_WHISPER_CONFIG["num_mel_bins"]).save_pretrained(output_dir)
     return output_dir

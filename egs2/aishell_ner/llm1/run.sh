@@ -4,6 +4,7 @@
 #   ./run.sh                                 # everything, on the mini corpus unless db.sh says otherwise
 #   ./run.sh --stage 1 --stop_stage 5        # the data stages only
 #   ./run.sh --stage 10 --systems decoder_only --llm_phases short   # one system, one phase
+#   ./run.sh --use_feature_cache false       # the speech LLMs run Whisper on the audio at every step
 set -e
 set -u
 set -o pipefail
@@ -51,6 +52,11 @@ llm_phases="short long cot"  # each speech LLM's phases in order; phase n+1 star
 model_size=           # tiny: conf/tiny/ (random tiny Whisper and ChatGLM3, built in stage 5); full: conf/
                       # (Whisper-large-v2, ChatGLM3-6B); empty: tiny on the mini corpus, full on AISHELL-1
 
+# Whisper features (stage 6)
+use_feature_cache=true  # the speech LLMs' Whisper encoder is frozen: stage 6 computes its output once
+                        # (${dumpdir}/whisper_feats/<set>) and training and decoding read it; false: Whisper
+                        # runs on the audio at every step (e.g. for SpecAugment-style experiments on the audio)
+
 # Training (stages 10-11): ESPnet's asr.sh options
 ngpu=                 # GPUs per node; empty: 1 if nvidia-smi lists a GPU, else 0
 num_nodes=1           # nodes of a training job (>1: a Slurm cuda_cmd in cmd.sh)
@@ -79,8 +85,10 @@ Stages:
      test sets are copied whole and their out-of-limit utterances counted)
   5  char token list of text_ner (entity marks included) for the Conformer baseline; for the speech LLMs,
      the tiny models (model_size tiny, when absent) and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
+  6  Whisper feature dump (--use_feature_cache true, speech LLMs selected): the frozen encoder's output of
+     every set, once, fp16 -> ${dumpdir}/whisper_feats/<set>/feats.scp (resumable: run it again after a crash)
   10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
-     history and LLM, so the same phase of both architectures shares them)
+     history and LLM, and audio or cached features, so the same phase of both architectures shares them)
   11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
      from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model
   12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
@@ -104,6 +112,8 @@ Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --systems                   systems to build ['${systems}']
   --llm_phases                phases of each speech LLM, in order ['${llm_phases}']
   --model_size                tiny | full; empty: tiny on the mini corpus ['${model_size}']
+  --use_feature_cache         the speech LLMs train and decode on Whisper features dumped in stage 6;
+                              false: Whisper runs on the audio at every step [${use_feature_cache}]
   --ngpu, --num_nodes         GPUs per node (empty: 1 if there is one), nodes ['${ngpu}', ${num_nodes}]
   --train_config              training config of the one selected run ['${train_config}']
   --train_args                more training options ['${train_args}']
@@ -141,6 +151,10 @@ if [ -z "${ngpu}" ]; then
     ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
     ngpu=$(( ngpu > 0 ? 1 : 0 ))
 fi
+case "${use_feature_cache}" in
+    true|false) ;;
+    *) log "Error: --use_feature_cache must be true or false, got '${use_feature_cache}'"; exit 1 ;;
+esac
 if "${gpu_inference}"; then
     inference_cmd=${cuda_cmd}; inference_ngpu=1
 else
@@ -195,30 +209,119 @@ for name in sys.argv[2:]:
     print(value)' "$@"
 }
 
+# The Whisper features of stage 6: with --use_feature_cache true, the speech LLMs train and decode on
+# ${feats_dir}/<set>/feats.scp, the output of the Whisper named by their configs' speech_encoder_conf
+# (model_path, pad_to_30s: the same in every speech LLM config selected), whisper_dim values a frame.
+feats_dir=${dumpdir}/whisper_feats
+whisper_model=        # empty: no speech LLM selected, or --use_feature_cache false
+whisper_pad_to_30s=false
+whisper_dim=          # set by set_whisper_dim, once the model is there (stage 5 makes the tiny one)
+uses_feature_cache() {  # <system>
+    [ "$1" != conformer ] && [ -n "${whisper_model}" ]
+}
+if "${use_feature_cache}" && [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 6 ]; then
+    for run in "${runs[@]}"; do
+        read -r system phase config <<<"${run}"
+        [ "${system}" = conformer ] && continue
+        read -r _model _pad < <(${python} -c 'import sys, yaml
+conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8")).get("speech_encoder_conf") or {}
+print(conf.get("model_path", ""), str(bool(conf.get("pad_to_30s", False))).lower())' "${config}")
+        if [ -z "${_model}" ]; then
+            log "Error: ${config} names no speech_encoder_conf model_path, the Whisper whose features stage 6 dumps"
+            exit 1
+        fi
+        if [ -z "${whisper_model}" ]; then
+            whisper_model=${_model}; whisper_pad_to_30s=${_pad}; _whisper_config=${config}
+        elif [ "${_model} ${_pad}" != "${whisper_model} ${whisper_pad_to_30s}" ]; then
+            log "Error: --use_feature_cache true dumps one Whisper's features for every speech LLM, but the" \
+                "speech_encoder_conf of ${_whisper_config} is model_path ${whisper_model}, pad_to_30s ${whisper_pad_to_30s}" \
+                "and that of ${config} is model_path ${_model}, pad_to_30s ${_pad}: make them agree," \
+                "select the runs of one Whisper (--systems, --llm_phases), or use --use_feature_cache false"
+            exit 1
+        fi
+    done
+fi
+set_whisper_dim() {  # whisper_dim: d_model of ${whisper_model} (config.json, or an OpenAI .pt checkpoint's dims)
+    [ -n "${whisper_dim}" ] && return 0
+    if [ ! -e "${whisper_model}" ]; then
+        log "Error: ${whisper_model} (speech_encoder_conf model_path) not found: stage 5 makes the tiny one;" \
+            "put the full one there (openai/whisper-large-v2)"
+        exit 1
+    fi
+    if [ -f "${whisper_model}/config.json" ]; then
+        whisper_dim=$(${python} -c 'import json, sys; print(json.load(open(sys.argv[1]))["d_model"])' \
+            "${whisper_model}/config.json")
+    else
+        whisper_dim=$(${python} -c 'import sys; from espnet_llm.speech.whisper_encoder import whisper_config
+print(whisper_config(sys.argv[1]).d_model)' "${whisper_model}")
+    fi
+}
+
+# The training options of a speech LLM on the cached features: cached_train_opts <training config>
+cached_train_opts() {
+    local batch_type batch_bins
+    set_whisper_dim
+    # The YAML's speech_encoder_conf (model_path, pad_to_30s) stays: whisper_cached takes the same arguments.
+    echo -n "--speech_encoder whisper_cached --speech_encoder_conf output_size=${whisper_dim}"
+    read -r batch_type batch_bins < <(${python} -c 'import sys, yaml
+conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
+print(conf.get("batch_type", "folded"), conf.get("batch_bins", 1000000))' "$1")
+    # ESPnet's numel batches count the elements of every input: a second of speech is ${fs} audio samples,
+    # but 50 frames x D values as features (x4 for Whisper-large-v2's D=1280, x0.2 for the tiny D=64).
+    # batch_bins is scaled by 50*D/${fs} so that a batch holds about as many utterances as on the audio
+    # (the target tokens, counted too, are few); a --batch_bins in --train_args comes later and wins.
+    case "${batch_type}" in
+        numel) echo " --batch_bins $(( batch_bins * 50 * whisper_dim / fs ))" ;;
+        length) echo " --batch_bins $(( batch_bins * 50 / fs ))" ;;  # frames instead of samples
+        *) echo ;;  # batch_size: the same
+    esac
+}
+
+# The utterances of a set that stage 6 could not dump: counted, with the file that lists them.
+# They stay in the training keys (the shape files come from wav.scp), read as empty: the training and
+# decoding programs skip them with a warning, name and count them.
+report_failed_dump() {  # <set> <what happens to them>
+    local failed=${feats_dir}/$1/failed
+    if [ -s "${failed}" ]; then
+        log "WARNING: $(wc -l <"${failed}") utterance(s) of $1 have no Whisper features (${failed}): $2"
+    fi
+}
+
 # Where a run's collect-stats output goes. A speech LLM's shapes depend only on its task, its history
-# and its tokenizer, so runs that share these (the same phase of both architectures) share the stats.
+# and its tokenizer (and on its input: audio, or cached features), so runs that share these (the same
+# phase of both architectures) share the stats.
 stats_dir_of() {  # <system> <phase> <training config>
     if [ "$1" = conformer ]; then
         echo "${expdir}/stats/conformer_$2"
     else
         # shellcheck disable=SC2046
-        printf "${expdir}/stats/%s_history%s_%s\n" $(config_value "$3" prompt_task num_history llm_conf.model_path \
-            | sed -e '3s#.*/##')
+        printf "${expdir}/stats/%s_history%s_%s$(uses_feature_cache "$1" && echo _whisper_feats)\n" \
+            $(config_value "$3" prompt_task num_history llm_conf.model_path | sed -e '3s#.*/##')
     fi
 }
 
-# The training and validation data of a system as training options: data_opts <system> <train dir> <valid dir>
-data_opts() {
-    local opts="" phase dir entry entries
-    if [ "$1" = conformer ]; then
-        entries="wav.scp,speech,sound text_ner,text,text"  # the entity-aware baseline learns the marked text
+# The speech input of a set: speech_entry <system> <set>; the first data entry: ESPnet takes its keys
+speech_entry() {
+    if uses_feature_cache "$1"; then
+        echo "${feats_dir}/$2/feats.scp,speech,kaldi_ark"  # (frames, D) float16 arrays, read as float32
     else
-        entries="wav.scp,speech,sound text,text,text text_ner,text_ner,text utt2history,history,text"
+        echo "${dumpdir}/raw/$2/wav.scp,speech,sound"
+    fi
+}
+
+# The training and validation data of a system as training options: data_opts <system> <train set> <valid set>
+data_opts() {
+    local opts="" phase dset entry entries
+    if [ "$1" = conformer ]; then
+        entries="text_ner,text,text"  # the entity-aware baseline learns the marked text
+    else
+        entries="text,text,text text_ner,text_ner,text utt2history,history,text"
     fi
     for phase in train valid; do
-        if [ "${phase}" = train ]; then dir=$2; else dir=$3; fi
+        if [ "${phase}" = train ]; then dset=$2; else dset=$3; fi
+        opts+=" --${phase}_data_path_and_name_and_type $(speech_entry "$1" "${dset}")"
         for entry in ${entries}; do
-            opts+=" --${phase}_data_path_and_name_and_type ${dir}/${entry}"
+            opts+=" --${phase}_data_path_and_name_and_type ${dumpdir}/raw/${dset}/${entry}"
         done
     done
     echo "${opts}"
@@ -380,10 +483,67 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     fi
 fi
 
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+    if ! "${use_feature_cache}"; then
+        log "Stage 6: skipped (--use_feature_cache false: the speech LLMs run Whisper on the audio)"
+    elif [ -z "${whisper_model}" ]; then
+        log "Stage 6: skipped (no speech LLM in --systems '${systems}')"
+    else
+        set_whisper_dim
+        for dset in $(data_sets); do
+            _data=${dumpdir}/raw/${dset}
+            _out=${feats_dir}/${dset}
+            if [ ! -f "${_data}/wav.scp" ]; then
+                log "Error: ${_data}/wav.scp not found: run stages 3-4 first"
+                exit 1
+            fi
+            # A dump is resumed only from the same input: the audio list, the model and the number of jobs.
+            _inputs=$(printf 'model_path %s\npad_to_30s %s\nnj %s\n' "$(readlink -f "${whisper_model}")" \
+                "${whisper_pad_to_30s}" "${nj}"; { cat "${_data}/wav.scp" "${_data}/utt2num_samples" 2>/dev/null || true; } | md5sum)
+            if [ -d "${_out}" ] && [ "$(cat "${_out}/inputs" 2>/dev/null)" != "${_inputs}" ]; then
+                log "Stage 6: ${_out} was dumped from other audio, model or --nj: removed, dumping again"
+                rm -rf "${_out}"
+            fi
+            mkdir -p "${_out}"
+            echo "${_inputs}" >"${_out}/inputs"
+            log "Stage 6: Whisper feature dump: ${_data} -> ${_out} (${whisper_model}, pad_to_30s ${whisper_pad_to_30s}," \
+                "D=${whisper_dim}, fp16; progress in ${_out}/logs/dump.*.log)"
+            if ! local/dump_whisper_features.sh --nj "${nj}" --ngpu "$(min "${ngpu}" 1)" \
+                    --pad_to_30s "${whisper_pad_to_30s}" "${_data}" "${whisper_model}" "${_out}"; then
+                tail -n 5 "${_out}"/logs/dump.*.log
+                log "Error: the Whisper feature dump of ${dset} failed (logs: ${_out}/logs/dump.*.log);" \
+                    "run stage 6 again to go on from the last finished chunk"
+                exit 1
+            fi
+            if [ "${dset}" = "${train_set}" ] || [ "${dset}" = "${valid_set}" ]; then
+                report_failed_dump "${dset}" "training skips them (with a warning naming each, and a count)"
+            else
+                report_failed_dump "${dset}" "decoding writes an empty hypothesis for each, named and counted as broken"
+            fi
+        done
+        # The disk cost: the arks' bytes over the seconds of audio dumped (50 frames a second)
+        # shellcheck disable=SC2046
+        ${python} -c 'import glob, os, sys
+root, sets = sys.argv[1], sys.argv[2:]
+size = sum(os.path.getsize(f) for s in sets for f in glob.glob(f"{root}/{s}/parts/*/data/feats.*.ark"))
+hours = sum(int(line.split()[1]) for s in sets for line in open(f"{root}/{s}/utt2num_frames")) / 50 / 3600
+print(f"Stage 6: {size / 1e6:.1f} MB of features for {hours:.3f} h of audio: {size / hours / 1e6:.1f} MB per hour")' \
+            "${feats_dir}" $(data_sets)
+    fi
+fi
+
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     _train_dir=${dumpdir}/raw/${train_set}
     _valid_dir=${dumpdir}/raw/${valid_set}
     _nj=$(min "$(min "${nj}" "$(wc -l <"${_train_dir}/wav.scp")")" "$(wc -l <"${_valid_dir}/wav.scp")")
+    if [ -n "${whisper_model}" ]; then
+        for dset in "${train_set}" "${valid_set}"; do
+            if [ ! -f "${feats_dir}/${dset}/feats.scp" ]; then
+                log "Error: ${feats_dir}/${dset}/feats.scp not found: run stage 6 (or --use_feature_cache false)"
+                exit 1
+            fi
+        done
+    fi
     _collected=" "
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
@@ -399,9 +559,13 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
         mkdir -p "${_logdir}"
         split_keys "${_train_dir}/wav.scp" "${_nj}" "${_logdir}/train"
         split_keys "${_valid_dir}/wav.scp" "${_nj}" "${_logdir}/valid"
-        _opts=$(data_opts "${system}" "${_train_dir}" "${_valid_dir}")
+        _opts=$(data_opts "${system}" "${train_set}" "${valid_set}")
         if [ "${system}" = conformer ]; then
             _opts+=" ${conformer_text_opts}"
+        elif uses_feature_cache "${system}"; then
+            # the same speech input as training: the shapes are feature frames (history included), not samples;
+            # utterances stage 6 could not dump keep their keys (from wav.scp) with 0 frames
+            _opts+=" $(cached_train_opts "${config}")"
         fi
         # shellcheck disable=SC2086
         ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
@@ -422,20 +586,23 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
 fi
 
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
-    _train_dir=${dumpdir}/raw/${train_set}
-    _valid_dir=${dumpdir}/raw/${valid_set}
     _prev_system=
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         _dir=${expdir}/${system}/${phase}
         _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
-        _opts="--config ${config} $(data_opts "${system}" "${_train_dir}" "${_valid_dir}")"
+        _opts="--config ${config} $(data_opts "${system}" "${train_set}" "${valid_set}")"
+        _input=audio
         if [ "${system}" = conformer ]; then
             _opts+=" ${conformer_text_opts} --fold_length 80000 --fold_length 150"
             _opts+=" --normalize global_mvn --normalize_conf stats_file=${_stats_dir}/train/feats_stats.npz"
             _text_shape=text_shape.char
         else
             _text_shape=text_shape
+            if uses_feature_cache "${system}"; then
+                _opts+=" $(cached_train_opts "${config}")"
+                _input="cached Whisper features of ${feats_dir}"
+            fi
         fi
         for dset in train valid; do
             _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/speech_shape"
@@ -452,7 +619,12 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
             fi
             _opts+=" --init_param ${_from}"
         fi
-        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
+        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
+        if uses_feature_cache "${system}" && ! "${dry_run}"; then
+            for dset in "${train_set}" "${valid_set}"; do
+                report_failed_dump "${dset}" "skipped, each named in train.log, and counted as broken"
+            done
+        fi
         mkdir -p "${_dir}"
         # --resume true: a run stopped in this stage goes on from ${_dir}/checkpoint.pth
         # shellcheck disable=SC2086
@@ -474,9 +646,10 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
 fi
 
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
-    # decode_set <system> <run dir> <decoding config> <set>: ${inference_nj} jobs, outputs merged into decode_<set>/
+    # decode_set <system> <run dir> <decoding config> <set> <speech entry>: ${inference_nj} jobs, outputs merged
+    # into decode_<set>/
     decode_set() {
-        local system=$1 dir=$2 config=$3 dset=$4
+        local system=$1 dir=$2 config=$3 dset=$4 speech=$5
         local data=${dumpdir}/raw/${dset} decode_dir=${dir}/decode_${dset}
         local logdir=${decode_dir}/logdir
         local nj
@@ -499,7 +672,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             # shellcheck disable=SC2086
             ${inference_cmd} --gpu "${inference_ngpu}" JOB=1:"${nj}" "${logdir}/inference.JOB.log" \
                 ${python} -m espnet_llm.bin.speech_llm_inference --ngpu "${inference_ngpu}" \
-                    --data_path_and_name_and_type "${data}/wav.scp,speech,sound" \
+                    --data_path_and_name_and_type "${speech}" \
                     --data_path_and_name_and_type "${data}/utt2history,history,text" \
                     --key_file "${logdir}/keys.JOB.scp" \
                     --speech_llm_train_config "${dir}/config.yaml" \
@@ -535,12 +708,28 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         else
             _config=${inference_config:-${conf_dir}/decode_speech_llm.yaml}
         fi
-        log "Stage 12: decoding '${test_sets}' with ${system}/${phase} (${_config}), ${inference_nj} job(s) per set:" \
-            "${_dir}/decode_<set>/logdir/inference.*.log"
+        # a speech LLM decodes what it was trained on (its config.yaml): audio, or the features of stage 6
+        _cached=false
+        if [ "${system}" != conformer ] && [ "$(config_value "${_dir}/config.yaml" speech_encoder)" = whisper_cached ]; then
+            _cached=true
+        fi
+        log "Stage 12: decoding '${test_sets}' with ${system}/${phase} (${_config}$("${_cached}" && echo ", on the cached Whisper features of ${feats_dir}"))," \
+            "${inference_nj} job(s) per set: ${_dir}/decode_<set>/logdir/inference.*.log"
         # the sets at the same time: with small models the start of each job takes longer than its decoding
         _pids=()
         for dset in ${test_sets}; do
-            decode_set "${system}" "${_dir}" "${_config}" "${dset}" &
+            if "${_cached}"; then
+                _speech=${feats_dir}/${dset}/feats.scp,speech,kaldi_ark
+                if [ ! -f "${feats_dir}/${dset}/feats.scp" ]; then
+                    log "Error: ${system}/${phase} was trained on cached Whisper features, and ${feats_dir}/${dset}/feats.scp" \
+                        "is not there: run stage 6 with this set in --test_sets"
+                    exit 1
+                fi
+                report_failed_dump "${dset}" "decoding writes an empty hypothesis for each, named and counted as broken"
+            else
+                _speech=${dumpdir}/raw/${dset}/wav.scp,speech,sound
+            fi
+            decode_set "${system}" "${_dir}" "${_config}" "${dset}" "${_speech}" &
             _pids+=($!)
         done
         _failed=0

@@ -1,0 +1,74 @@
+"""Decoding reuses what does not change: the prompt is run once per utterance (not once per beam), and the
+cross-attention projects the speech memory once (not at every generated token); outputs stay those of the plain path."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_speech_llm_models import ARCHITECTURES, ROWS, batch_for, build
+
+BEAM = 3
+
+
+def decoding_model(tiny_models, arch):
+    """The NER model (history: long prompts), cross-attention gates open so that the speech memory matters."""
+    model = build(tiny_models, arch, "ner").eval()
+    if arch == "encoder_decoder":
+        for i in model.cross_attention_layers:
+            model.llm.decoder_layers[i].cross_attention.gate.data.fill_(0.5)
+    return model
+
+
+def reuse(model, on: bool) -> None:
+    model.prefill_prompt_once = on
+    if hasattr(model, "memory"):
+        model.memory.reuse_keys_values = on
+
+
+def decode(model, batch, beam_size):
+    return model.generate(
+        batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size, max_new_tokens=8
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("beam_size", [1, BEAM])
+def test_decoding_matches_the_plain_path(tiny_models, arch, beam_size):
+    model = decoding_model(tiny_models, arch)
+    batch = batch_for(model, ROWS)
+    ours = decode(model, batch, beam_size)
+    reuse(model, False)
+    plain = decode(model, batch, beam_size)
+    for (ids, score, _), (plain_ids, plain_score, _) in zip(ours, plain):
+        assert ids == plain_ids and abs(score - plain_score) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_beam_search_runs_the_prompt_for_each_utterance_once(tiny_models, arch):
+    model = decoding_model(tiny_models, arch)
+    batch = batch_for(model, ROWS)
+    rows = len(ROWS)
+    memory, lengths = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    width = model.left_padded_prompts(memory, lengths)[0].shape[1]
+    calls = []  # (rows, positions) of each LLM forward
+    model.llm.decoder_layers[0].register_forward_pre_hook(lambda layer, args: calls.append(tuple(args[0].shape[:2])))
+    decode(model, batch, BEAM)
+    # the prompt but its last position for the B rows, then one position at a time for the B * beam rows
+    assert calls[0] == (rows, width - 1) and set(calls[1:]) == {(rows * BEAM, 1)}
+    calls.clear()
+    reuse(model, False)
+    decode(model, batch, BEAM)
+    assert calls[0] == (rows * BEAM, width)  # what transformers does on its own
+
+
+def test_cross_attention_projects_the_memory_once_per_memory(tiny_models):
+    model = decoding_model(tiny_models, "encoder_decoder")
+    batch = batch_for(model, ROWS)
+    key = model.llm.decoder_layers[0].cross_attention.key
+    projected = []
+    key.register_forward_hook(lambda layer, args, out: projected.append(args[0].shape[0]))
+    decode(model, batch, BEAM)
+    assert projected == [len(ROWS), len(ROWS) * BEAM]  # the prompt's memory, then the beams' memory
+    # training projects at every call, so gradients reach the key and value projections
+    model.train()
+    model(**batch)[0].backward()
+    assert key.weight.grad.abs().sum() > 0
