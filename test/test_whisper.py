@@ -154,7 +154,8 @@ def test_variable_length_versus_padded_on_the_tiny_model(tiny_whisper):
         diff = (a - b).abs().max()
         print(f"row {row}: max |diff| {diff:.4f}, mean |h| {b.abs().mean():.4f}, cosine min {cosine.min():.5f}")
         assert diff > 1e-3
-        assert cosine.min() > 0.99
+        # the last frame's convolution window reaches past the speech: zeros here, silence's log-mel there
+        assert cosine[:-1].min() > 0.99 and cosine[-1] > 0.9
 
 
 def test_frozen_by_default_and_stays_in_eval_mode(tiny_whisper):
