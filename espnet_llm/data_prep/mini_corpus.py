@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
@@ -203,8 +204,8 @@ def select_sentences(config: MiniCorpusConfig) -> dict[str, list[Sentence]]:
     by_speaker = read_sentences()
     split = choose_speakers(list(by_speaker), config, rng)
     # voices interleaved, so that a group's readers have different voices
-    train = sorted(split["train"], key=lambda spk: ([t for t in split["train"] if speaker_voice(t) == speaker_voice(spk)].index(spk),
-                                                   VOICES.index(speaker_voice(spk))))
+    by_voice = [[spk for spk in split["train"] if speaker_voice(spk) == voice] for voice in VOICES]
+    train = [spk for rank in zip_longest(*by_voice) for spk in rank if spk]
     groups = [train[i:i + config.readers_per_script] for i in range(0, len(train), config.readers_per_script)]
     scripts = [choose_run(by_speaker[group[0]], config.utts_per_speaker, rng) for group in groups]
 

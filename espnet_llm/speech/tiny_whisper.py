@@ -66,28 +66,27 @@ def openai_state_dict(model: WhisperModel) -> dict[str, torch.Tensor]:
         put(f"{openai_name}.value", attention.v_proj)
         put(f"{openai_name}.out", attention.out_proj)
 
+    def put_block(openai_name: str, layer: torch.nn.Module) -> None:  # self-attention and MLP, in both halves
+        put_attention(f"{openai_name}.attn", layer.self_attn)
+        put(f"{openai_name}.attn_ln", layer.self_attn_layer_norm)
+        put(f"{openai_name}.mlp.0", layer.fc1)
+        put(f"{openai_name}.mlp.2", layer.fc2)
+        put(f"{openai_name}.mlp_ln", layer.final_layer_norm)
+
     encoder, decoder = model.encoder, model.decoder
     put("encoder.conv1", encoder.conv1)
     put("encoder.conv2", encoder.conv2)
     state["encoder.positional_embedding"] = encoder.embed_positions.weight.clone()  # a buffer in OpenAI's model
     for i, layer in enumerate(encoder.layers):
-        put_attention(f"encoder.blocks.{i}.attn", layer.self_attn)
-        put(f"encoder.blocks.{i}.attn_ln", layer.self_attn_layer_norm)
-        put(f"encoder.blocks.{i}.mlp.0", layer.fc1)
-        put(f"encoder.blocks.{i}.mlp.2", layer.fc2)
-        put(f"encoder.blocks.{i}.mlp_ln", layer.final_layer_norm)
+        put_block(f"encoder.blocks.{i}", layer)
     put("encoder.ln_post", encoder.layer_norm)
 
     state["decoder.token_embedding.weight"] = decoder.embed_tokens.weight.clone()
     state["decoder.positional_embedding"] = decoder.embed_positions.weight.clone()
     for i, layer in enumerate(decoder.layers):
-        put_attention(f"decoder.blocks.{i}.attn", layer.self_attn)
-        put(f"decoder.blocks.{i}.attn_ln", layer.self_attn_layer_norm)
+        put_block(f"decoder.blocks.{i}", layer)
         put_attention(f"decoder.blocks.{i}.cross_attn", layer.encoder_attn)
         put(f"decoder.blocks.{i}.cross_attn_ln", layer.encoder_attn_layer_norm)
-        put(f"decoder.blocks.{i}.mlp.0", layer.fc1)
-        put(f"decoder.blocks.{i}.mlp.2", layer.fc2)
-        put(f"decoder.blocks.{i}.mlp_ln", layer.final_layer_norm)
     put("decoder.ln", decoder.layer_norm)
     return state
 

@@ -198,15 +198,23 @@ if [ -n "${train_config}" ] && [ "${#runs[@]}" -gt 1 ]; then
     exit 1
 fi
 
-# Values of a YAML config, one per line: config_value <file> <key>[.<subkey>...] ...
+# Values of a YAML config, one per line (booleans as YAML spells them):
+# config_value <file> <key>[.<subkey>...][=<default when absent>] ...
 config_value() {
     ${python} -c 'import sys, yaml
 config = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
 for name in sys.argv[2:]:
-    value = config
+    name, has_default, value = name.partition("=")
+    node = config
     for key in name.split("."):
-        value = value[key]
-    print(value)' "$@"
+        if not isinstance(node, dict) or node.get(key) is None:
+            if not has_default:
+                sys.exit(f"{sys.argv[1]}: {name} not found")
+            break
+        node = node[key]
+    else:
+        value = node
+    print(str(value).lower() if isinstance(value, bool) else value)' "$@"
 }
 
 # The Whisper features of stage 6: with --use_feature_cache true, the speech LLMs train and decode on
@@ -223,9 +231,8 @@ if "${use_feature_cache}" && [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 6 ];
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         [ "${system}" = conformer ] && continue
-        read -r _model _pad < <(${python} -c 'import sys, yaml
-conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8")).get("speech_encoder_conf") or {}
-print(conf.get("model_path", ""), str(bool(conf.get("pad_to_30s", False))).lower())' "${config}")
+        { read -r _model; read -r _pad; } < <(config_value "${config}" speech_encoder_conf.model_path= \
+            speech_encoder_conf.pad_to_30s=false)
         if [ -z "${_model}" ]; then
             log "Error: ${config} names no speech_encoder_conf model_path, the Whisper whose features stage 6 dumps"
             exit 1
@@ -248,13 +255,8 @@ set_whisper_dim() {  # whisper_dim: d_model of ${whisper_model} (config.json, or
             "put the full one there (openai/whisper-large-v2)"
         exit 1
     fi
-    if [ -f "${whisper_model}/config.json" ]; then
-        whisper_dim=$(${python} -c 'import json, sys; print(json.load(open(sys.argv[1]))["d_model"])' \
-            "${whisper_model}/config.json")
-    else
-        whisper_dim=$(${python} -c 'import sys; from espnet_llm.speech.whisper_encoder import whisper_config
+    whisper_dim=$(${python} -c 'import sys; from espnet_llm.speech.whisper_encoder import whisper_config
 print(whisper_config(sys.argv[1]).d_model)' "${whisper_model}")
-    fi
 }
 
 # The training options of a speech LLM on the cached features: cached_train_opts <training config>
@@ -263,9 +265,7 @@ cached_train_opts() {
     set_whisper_dim
     # The YAML's speech_encoder_conf (model_path, pad_to_30s) stays: whisper_cached takes the same arguments.
     echo -n "--speech_encoder whisper_cached --speech_encoder_conf output_size=${whisper_dim}"
-    read -r batch_type batch_bins < <(${python} -c 'import sys, yaml
-conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
-print(conf.get("batch_type", "folded"), conf.get("batch_bins", 1000000))' "$1")
+    { read -r batch_type; read -r batch_bins; } < <(config_value "$1" batch_type=folded batch_bins=1000000)
     # ESPnet's numel batches count the elements of every input: a second of speech is ${fs} audio samples,
     # but 50 frames x D values as features (x4 for Whisper-large-v2's D=1280, x0.2 for the tiny D=64).
     # batch_bins is scaled by 50*D/${fs} so that a batch holds about as many utterances as on the audio
