@@ -86,14 +86,22 @@ def test_run_sh_writes_results_md_with_every_table_filled(full_run):
         assert re.search(rf"^\s+{re.escape(name)}\s+dev CER\s+\d+\.\d %$", output, re.M), name
 
 
+def dev_cer(recipe: Path, run: str) -> dict:
+    return json.loads((recipe / "exp" / run / "decode_dev/score_cer/result.json").read_text())["percent"]
+
+
+# A model that outputs nothing scores 100 % (all deletions). The dev speakers read training scripts in voices
+# that never read them, so the text prior alone cannot pick the sentence: a system below 100 % hears it.
 @needs_tools
 def test_the_baseline_learns_from_speech(full_run):
     recipe, _ = full_run
-    result = json.loads((recipe / "exp/conformer/asr/decode_dev/score_cer/result.json").read_text())
-    # a model that outputs nothing scores 100 % (all deletions); the dev speakers read training scripts in
-    # voices that never read them, so the text prior alone cannot pick the sentence (measured: 88.9 %).
-    # The tiny speech LLMs do not learn within the budget yet (decoder-only short 100.6 %): issue 5.
-    assert result["percent"]["Err"] < 95.0, result["percent"]
+    assert dev_cer(recipe, "conformer/asr")["Err"] < 95.0  # measured: 88.9 %
+
+
+@needs_tools
+def test_the_decoder_only_speech_llm_learns_from_speech(full_run):
+    recipe, _ = full_run
+    assert dev_cer(recipe, "decoder_only/short")["Err"] < 50.0  # measured: 14.5 %
 
 
 @needs_tools

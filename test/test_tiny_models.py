@@ -1,10 +1,12 @@
 import json
 import math
 
+import pytest
 import torch
 
+from espnet_llm.bin.make_tiny_models import make_tiny_models
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, checkpoint_shards, load_chatglm3
-from espnet_llm.llm.tiny import write_tiny_chatglm3
+from espnet_llm.llm.tiny import TINY_CHATGLM3_SIZES, write_tiny_chatglm3
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder
@@ -59,3 +61,19 @@ def test_tiny_whisper_output_carries_the_speech_not_only_the_positions(tiny_mode
     hidden, _ = encoder(speech, torch.tensor([32000, 32000]))
     a, b = hidden[0], hidden[1]
     assert ((a - b) ** 2).mean() > 0.2 * (a**2).mean()
+
+
+def test_the_recipe_config_sets_the_chatglm3_sizes(tmp_path):
+    config = tmp_path / "tiny_models.yaml"
+    config.write_text("chatglm3:\n    num_layers: 3\n    hidden_size: 96\n    num_attention_heads: 3\n    kv_channels: 32\n")
+    models = make_tiny_models(tmp_path / "models", seed=0, config=config)
+    written = json.loads((models / "chatglm3" / "config.json").read_text())
+    assert (written["num_layers"], written["hidden_size"], written["num_attention_heads"]) == (3, 96, 3)
+    assert written["ffn_hidden_size"] == TINY_CHATGLM3_SIZES["ffn_hidden_size"]  # keys it does not name keep the default
+    assert load_chatglm3(models / "chatglm3").config.num_hidden_layers == 3
+    assert (models / "tiny_models.yaml").read_bytes() == config.read_bytes()  # run.sh compares it with conf/
+
+
+def test_a_misspelt_size_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="num_layer"):
+        write_tiny_chatglm3(tmp_path / "chatglm3", sizes={"num_layer": 3})

@@ -1,8 +1,10 @@
 """Random ChatGLM3 checkpoints in the official layout, and the tiny ChatGLM3 of the embedded default.
 
 The tiny model has the real file formats (config.json with the official keys, safetensors shards with an
-index, a SentencePiece tokenizer.model) at a size a CPU trains in seconds. The tokenizer is trained on the
-shipped AISHELL-NER dev transcripts, entity marks kept, with byte fallback so that any text round-trips.
+index, a SentencePiece tokenizer.model) at a size a CPU trains in seconds. The tokenizer is a character
+vocabulary of the shipped AISHELL-NER dev transcripts, entity marks kept, with byte fallback so that any
+text round-trips: with a few hundred training sentences, a subword vocabulary leaves most pieces unseen.
+The sizes default to TINY_CHATGLM3_SIZES (the tests); the mini recipe names its own in conf/tiny/tiny_models.yaml.
 """
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ TINY_CHATGLM3_SIZES = {
     "ffn_hidden_size": 128,
     "seq_length": 2048,
 }
-TINY_SP_VOCAB_SIZE = 4000  # the dev text has 3,003 distinct characters; 256 byte pieces come on top
 
 
 def random_official_tensor(name: str, shape, generator: torch.Generator, std: float = 0.02) -> torch.Tensor:
@@ -109,16 +110,16 @@ def _split_in_shards(shapes: dict, num_shards: int) -> list[list[str]]:
     return shards
 
 
-def train_tiny_sentencepiece(model_file, transcript=AISHELL_NER_DEV_TRANSCRIPT, vocab_size: int = TINY_SP_VOCAB_SIZE):
-    """A BPE SentencePiece model on the transcript text (marks kept), with ChatGLM3's <unk> <s> </s> ids 0 1 2."""
+def train_tiny_sentencepiece(model_file, transcript=AISHELL_NER_DEV_TRANSCRIPT):
+    """A character SentencePiece model of the transcript text (marks kept), with ChatGLM3's <unk> <s> </s> ids 0 1 2."""
     with open(transcript, encoding="utf-8") as f:
         texts = [line.rstrip("\n").split(maxsplit=1)[1] for line in f if len(line.split(maxsplit=1)) == 2]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
+        model_type="char",
+        vocab_size=len(set("".join(texts))) + 3 + 256,  # every character, <unk> <s> </s>, and the bytes
         character_coverage=1.0,
         byte_fallback=True,  # bytes <0x00>..<0xFF> as ids 3..258, "\n" is <0x0A> = 13 as in ChatGLM3
         normalization_rule_name="identity",  # text is already normalised; NFKC would change it
@@ -134,8 +135,14 @@ def train_tiny_sentencepiece(model_file, transcript=AISHELL_NER_DEV_TRANSCRIPT, 
     Path(model_file).write_bytes(model.getvalue())
 
 
-def write_tiny_chatglm3(output_dir, seed: int = 0) -> Path:
-    """A tiny random ChatGLM3 in the official layout, with a tokenizer.model trained on the shipped dev text."""
+def write_tiny_chatglm3(output_dir, seed: int = 0, sizes: dict | None = None) -> Path:
+    """A tiny random ChatGLM3 in the official layout, with a tokenizer.model of the shipped dev text.
+
+    sizes: official config keys over TINY_CHATGLM3_SIZES (num_layers, hidden_size, ...).
+    """
+    unknown = set(sizes or {}) - set(CHATGLM3_6B_CONFIG)
+    if unknown:
+        raise ValueError(f"not ChatGLM3 config keys: {sorted(unknown)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_tiny_sentencepiece(output_dir / "tokenizer.model")
@@ -144,6 +151,7 @@ def write_tiny_chatglm3(output_dir, seed: int = 0) -> Path:
     config = {
         **CHATGLM3_6B_CONFIG,
         **TINY_CHATGLM3_SIZES,
+        **(sizes or {}),
         "_name_or_path": "tiny-chatglm3",
         "padded_vocab_size": 64 * math.ceil(num_tokens / 64),  # padded to a multiple of 64 as ChatGLM3's 65024
     }
