@@ -3,7 +3,7 @@ writes RESULTS.md with every table filled; a training run is resumed from its ch
 
 The recipe runs in a temporary directory of symlinks to egs2/aishell_ner/llm1, so data/, dump/, exp/,
 downloads/ and RESULTS.md are written there and the checkout stays clean. This is the slow test (the
-whole recipe, ~10-15 minutes on 2 CPU cores): it is what CI runs as the embedded default.
+whole recipe, about 14 minutes on 2 CPU cores): it is what CI runs as the embedded default.
 """
 import json
 import re
