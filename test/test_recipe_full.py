@@ -123,6 +123,22 @@ def test_stage_11_rerun_is_safe_and_resumes_from_the_checkpoint(full_run):
     assert (run_dir / f"{epochs + 1}epoch.pth").exists()
 
 
+@needs_tools
+def test_on_the_cpu_a_failing_system_is_named_and_the_others_finish(full_run):
+    """Stage 11 trains the systems side by side on the CPU: one that fails (here: cot alone starts from the long
+    phase's model, which has no such file) is named, the others run to their end, and run.sh fails."""
+    recipe, _ = full_run
+    done = subprocess.run(["./run.sh", "--stage", "11", "--stop_stage", "11", "--systems", "conformer decoder_only",
+                           "--llm_phases", "cot", "--inference_model", "absent.pth"],
+                          cwd=recipe, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "lane 1/2 (1 thread(s)): conformer" in output and "lane 2/2 (1 thread(s)): decoder_only" in output
+    assert "Error: decoder_only/cot starts from exp/decoder_only/long/absent.pth, which does not exist" in output
+    assert "Error: training decoder_only failed" in output and "Error: stage 11 failed" in output
+    assert "already reached at max_epoch" in (recipe / "exp" / "conformer" / "asr" / "train.log").read_text()
+
+
 def test_export_gates_reads_tanh_of_each_layer_gate(tmp_path):
     prefix = "llm.model.base_model.model.model.layers"
     state = {f"{prefix}.0.cross_attention.gate": torch.tensor([0.5]),

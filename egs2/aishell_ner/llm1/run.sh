@@ -48,7 +48,8 @@ sos_eos="<sos/eos>"
 
 # Systems (stages 5, 10-13)
 systems="conformer decoder_only encoder_decoder"  # conformer: ESPnet's Conformer baseline; the others: speech LLMs
-llm_phases="short long cot"  # each speech LLM's phases in order; phase n+1 starts from phase n's model
+llm_phases="short long cot"  # the speech LLMs' phases to run; each starts from the model of the phase before it
+                             # in short -> long -> cot (short from the pretrained models), trained now or before
 model_size=           # tiny: conf/tiny/ (random tiny Whisper and ChatGLM3, built in stage 5); full: conf/
                       # (Whisper-large-v2, ChatGLM3-6B); empty: tiny on the mini corpus, full on AISHELL-1
 
@@ -90,7 +91,8 @@ Stages:
   10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
      history and LLM, and audio or cached features, so the same phase of both architectures shares them)
   11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
-     from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model
+     from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model;
+     on the CPU the systems train side by side in up to --nj lanes
   12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
   13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
      systems, and RESULTS.md with plots
@@ -100,7 +102,8 @@ Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run
 
 Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --stage, --stop_stage       stages to run [${stage}, ${stop_stage}]
-  --nj                        parallel jobs of the data stages and collect stats [${nj}]
+  --nj                        parallel jobs of the data stages and collect stats; on the CPU, the cores
+                              that stage 11 divides among the systems [${nj}]
   --aishell_root              AISHELL-1 data_aishell/; empty = mini corpus [db.sh: '${AISHELL}']
   --ner_transcripts           AISHELL-NER transcript file(s) [db.sh: '${AISHELL_NER}']
   --local_data_opts           more options for local/data.sh ['${local_data_opts}']
@@ -110,7 +113,8 @@ Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --min_wav_duration, --max_wav_duration  limits of stage 4 in seconds [${min_wav_duration}, ${max_wav_duration}]
   --dumpdir, --expdir         output directories [${dumpdir}, ${expdir}]
   --systems                   systems to build ['${systems}']
-  --llm_phases                phases of each speech LLM, in order ['${llm_phases}']
+  --llm_phases                phases of each speech LLM to run (long starts from short's model, cot from
+                              long's, trained now or before) ['${llm_phases}']
   --model_size                tiny | full; empty: tiny on the mini corpus ['${model_size}']
   --use_feature_cache         the speech LLMs train and decode on Whisper features dumped in stage 6;
                               false: Whisper runs on the audio at every step [${use_feature_cache}]
@@ -178,6 +182,21 @@ require_sox() {
 make_history() {
     ${python} -m espnet_llm.data_prep.history "$1" --k "${history_k}"
 }
+
+# The phase a speech LLM phase starts from (short: none, it starts from the pretrained models).
+previous_phase() {
+    case "$1" in
+        short) echo ;;
+        long) echo short ;;
+        cot) echo long ;;
+    esac
+}
+for phase in ${llm_phases}; do
+    case "${phase}" in
+        short|long|cot) ;;
+        *) log "Error: unknown phase '${phase}' in --llm_phases (short, long, cot)"; exit 1 ;;
+    esac
+done
 
 # The training runs, in order, one "<system> <phase> <training config>" line each.
 training_runs() {
@@ -588,66 +607,108 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
 fi
 
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
-    _prev_system=
-    for run in "${runs[@]}"; do
-        read -r system phase config <<<"${run}"
-        _dir=${expdir}/${system}/${phase}
-        _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
-        _opts="--config ${config} $(data_opts "${system}" "${train_set}" "${valid_set}")"
-        _input=audio
-        if [ "${system}" = conformer ]; then
-            _opts+=" ${conformer_text_opts} --fold_length 80000 --fold_length 150"
-            _opts+=" --normalize global_mvn --normalize_conf stats_file=${_stats_dir}/train/feats_stats.npz"
-            _text_shape=text_shape.char
-        else
-            _text_shape=text_shape
-            if uses_feature_cache "${system}"; then
-                _opts+=" $(cached_train_opts "${config}")"
-                _input="cached Whisper features of ${feats_dir}"
+    # train_system <system> <threads>: the runs of one system in order, each LLM phase from the last one's model
+    train_system() {
+        local system=$1 threads=$2 run _system phase config _dir _stats_dir _opts _input _text_shape _from
+        for run in "${runs[@]}"; do
+            read -r _system phase config <<<"${run}"
+            [ "${_system}" = "${system}" ] || continue
+            _dir=${expdir}/${system}/${phase}
+            _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
+            _opts="--config ${config} $(data_opts "${system}" "${train_set}" "${valid_set}")"
+            _input=audio
+            if [ "${system}" = conformer ]; then
+                _opts+=" ${conformer_text_opts} --fold_length 80000 --fold_length 150"
+                _opts+=" --normalize global_mvn --normalize_conf stats_file=${_stats_dir}/train/feats_stats.npz"
+                _text_shape=text_shape.char
+            else
+                _text_shape=text_shape
+                if uses_feature_cache "${system}"; then
+                    _opts+=" $(cached_train_opts "${config}")"
+                    _input="cached Whisper features of ${feats_dir}"
+                fi
             fi
-        fi
-        for dset in train valid; do
-            _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/speech_shape"
-            _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/${_text_shape}"
-        done
-        _from=
-        if "${dry_run}"; then
-            _opts+=" --dry_run true"
-        elif [ "${system}" != conformer ] && [ "${system}" = "${_prev_system}" ]; then
-            _from=${_prev_dir}/${inference_model}
-            if [ ! -f "${_from}" ]; then
-                log "Error: ${system}/${phase} starts from ${_from}, which does not exist: train the previous phase first"
-                exit 1
-            fi
-            _opts+=" --init_param ${_from}"
-        fi
-        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
-        if uses_feature_cache "${system}" && ! "${dry_run}"; then
-            for dset in "${train_set}" "${valid_set}"; do
-                report_failed_dump "${dset}" "skipped, each named in train.log, and counted as broken"
+            for dset in train valid; do
+                _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/speech_shape"
+                _opts+=" --${dset}_shape_file ${_stats_dir}/${dset}/${_text_shape}"
             done
-        fi
-        mkdir -p "${_dir}"
-        # --resume true: a run stopped in this stage goes on from ${_dir}/checkpoint.pth
-        # On the CPU (--ngpu 0) training is one process: it gets the --nj cores of the other stages as threads
-        # (path.sh sets 1 for the parallel jobs; 2 threads cut the tiny decoder-only epoch from 5.8 to 4.5 s).
-        # shellcheck disable=SC2086
-        OMP_NUM_THREADS=$([ "${ngpu}" -eq 0 ] && echo "${nj}" || echo "${OMP_NUM_THREADS}") \
-        ${python} -m espnet2.bin.launch \
-            --cmd "${cuda_cmd}" \
-            --log "${_dir}/train.log" \
-            --ngpu "${ngpu}" \
-            --num_nodes "${num_nodes}" \
-            --init_file_prefix "${_dir}/.dist_init_" \
-            --multiprocessing_distributed true -- \
-            ${python} -m "$(train_module "${system}")" \
-                --resume true \
-                --output_dir "${_dir}" \
-                ${_opts} ${train_args}
-        grep -h "epoch results" "${_dir}/train.log" | tail -n 1 | sed -e 's/.*INFO: //' -e 's/\[train\].*\[valid\]/... [valid]/' || true
-        _prev_system=${system}
-        _prev_dir=${_dir}
+            _from=
+            if "${dry_run}"; then
+                _opts+=" --dry_run true"
+            elif [ "${system}" != conformer ] && [ -n "$(previous_phase "${phase}")" ]; then
+                _from=${expdir}/${system}/$(previous_phase "${phase}")/${inference_model}
+                if [ ! -f "${_from}" ]; then
+                    log "Error: ${system}/${phase} starts from ${_from}, which does not exist: train the previous phase first"
+                    return 1
+                fi
+                _opts+=" --init_param ${_from}"
+            fi
+            log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
+            if uses_feature_cache "${system}" && ! "${dry_run}"; then
+                for dset in "${train_set}" "${valid_set}"; do
+                    report_failed_dump "${dset}" "skipped, each named in train.log, and counted as broken"
+                done
+            fi
+            mkdir -p "${_dir}"
+            # --resume true: a run stopped in this stage goes on from ${_dir}/checkpoint.pth
+            # shellcheck disable=SC2086
+            OMP_NUM_THREADS=${threads} \
+            ${python} -m espnet2.bin.launch \
+                --cmd "${cuda_cmd}" \
+                --log "${_dir}/train.log" \
+                --ngpu "${ngpu}" \
+                --num_nodes "${num_nodes}" \
+                --init_file_prefix "${_dir}/.dist_init_" \
+                --multiprocessing_distributed true -- \
+                ${python} -m "$(train_module "${system}")" \
+                    --resume true \
+                    --output_dir "${_dir}" \
+                    ${_opts} ${train_args}
+            { grep -h "epoch results" "${_dir}/train.log" || true; } | tail -n 1 \
+                | sed -e "s#.*INFO: #${system}/${phase}: #" -e 's/\[train\].*\[valid\]/... [valid]/'
+        done
+    }
+    # train_lane <threads> <system>...: the systems one after another; a failed one is named, the next one trains
+    train_lane() {
+        local threads=$1 system failed=0
+        shift
+        for system in "$@"; do
+            train_system "${system}" "${threads}" &  # its own job, so that set -e stops it at its first error
+            if ! wait $!; then
+                log "Error: training ${system} failed: see the train.log of its runs under ${expdir}/${system}"
+                failed=1
+            fi
+        done
+        return "${failed}"
+    }
+    mapfile -t _systems < <(printf '%s\n' "${runs[@]}" | awk '!seen[$1]++ {print $1}')
+    if [ "${ngpu}" -gt 0 ] || "${dry_run}"; then
+        _lanes=1; _threads=${OMP_NUM_THREADS:-1}  # one run at a time takes the GPUs
+    else
+        # On the CPU the systems train side by side in up to --nj lanes (lane i: systems i, i+nj, ...: with 2
+        # cores the conformer and the encoder-decoder share one, the decoder-only has the other), the --nj cores
+        # divided among them as threads: a tiny model's step gains little from more (2 threads: 1.3x faster).
+        _lanes=$(min "${nj}" "${#_systems[@]}")
+        _threads=$(( nj / _lanes ))
+    fi
+    _pids=()
+    trap 'kill "${_pids[@]}" 2>/dev/null; exit 1' INT TERM
+    for (( lane = 0; lane < _lanes; lane++ )); do
+        _lane_systems=()
+        for (( i = lane; i < ${#_systems[@]}; i += _lanes )); do _lane_systems+=("${_systems[i]}"); done
+        [ "${_lanes}" -gt 1 ] && log "Stage 11: lane $(( lane + 1 ))/${_lanes} (${_threads} thread(s)): ${_lane_systems[*]}"
+        train_lane "${_threads}" "${_lane_systems[@]}" &
+        _pids+=($!)
     done
+    _failed=false
+    for pid in "${_pids[@]}"; do
+        wait "${pid}" || _failed=true
+    done
+    trap - INT TERM
+    if "${_failed}"; then
+        log "Error: stage 11 failed for the system(s) named above"
+        exit 1
+    fi
 fi
 
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
