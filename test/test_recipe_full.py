@@ -97,13 +97,13 @@ def dev_cer(recipe: Path, run: str) -> dict:
 @needs_tools
 def test_the_baseline_learns_from_speech(full_run):
     recipe, _ = full_run
-    assert dev_cer(recipe, "conformer/asr")["Err"] < 95.0  # measured: 88.9 %
+    assert dev_cer(recipe, "conformer/asr")["Err"] < 95.0  # measured: 81.7-89.7 %
 
 
 @needs_tools
 def test_the_decoder_only_speech_llm_learns_from_speech(full_run):
     recipe, _ = full_run
-    assert dev_cer(recipe, "decoder_only/short")["Err"] < 50.0  # measured: 14.5 %
+    assert dev_cer(recipe, "decoder_only/short")["Err"] < 50.0  # measured: 11.5-18.7 %
 
 
 @needs_tools
