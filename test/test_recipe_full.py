@@ -6,9 +6,12 @@ downloads/ and RESULTS.md are written there and the checkout stays clean. This i
 whole recipe, about 14 minutes on 2 CPU cores): it is what CI runs as the embedded default.
 """
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,44 @@ def test_stage_11_rerun_is_safe_and_resumes_from_the_checkpoint(full_run):
     started = re.findall(r"INFO: (\d+)/\d+epoch started", log)
     assert started == [str(epochs + 1)], started  # only the new epoch, not from epoch 1
     assert (run_dir / f"{epochs + 1}epoch.pth").exists()
+
+
+def processes_in(directory: Path) -> list[int]:
+    """The processes whose working directory is ``directory`` (what run.sh and its jobs run in)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == directory:
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            pass
+    return found
+
+
+@needs_tools
+def test_stopping_stage_11_stops_every_lane_and_a_rerun_resumes(full_run):
+    recipe, _ = full_run
+    runs = ["decoder_only/short", "encoder_decoder/short"]
+    done_epochs = {r: torch.load(recipe / "exp" / r / "checkpoint.pth", weights_only=False)["reporter"]["epoch"]
+                   for r in runs}
+    args = ["./run.sh", "--stage", "11", "--stop_stage", "11", "--systems", "decoder_only encoder_decoder",
+            "--llm_phases", "short", "--train_args", f"--max_epoch {max(done_epochs.values()) + 3}"]
+    running = subprocess.Popen(args, cwd=recipe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not all(f"INFO: {done_epochs[r] + 2}/" in (recipe / "exp" / r / "train.log").read_text() for r in runs):
+        assert time.monotonic() < deadline and running.poll() is None, "both lanes should be training"
+        time.sleep(1)
+    running.send_signal(signal.SIGTERM)  # to run.sh alone, as kill <pid> does
+    output = running.communicate(timeout=60)[0]
+    assert running.returncode != 0 and "Stage 11: stopped; run it again to resume" in output
+    time.sleep(2)
+    assert processes_in(recipe.resolve()) == [], "a training job outlived run.sh"
+    run_sh(recipe, *args[1:])
+    for r in runs:
+        log = (recipe / "exp" / r / "train.log").read_text()
+        assert f"The training was resumed using exp/{r}/checkpoint.pth" in log
+        started = [int(e) for e in re.findall(r"INFO: (\d+)/\d+epoch started", log)]
+        assert started[0] > done_epochs[r] + 1 and started[-1] == max(done_epochs.values()) + 3, (r, started)
 
 
 @needs_tools

@@ -691,8 +691,15 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
         _lanes=$(min "${nj}" "${#_systems[@]}")
         _threads=$(( nj / _lanes ))
     fi
+    # kill_tree <pid>: the process and all below it (a lane's shells, launchers and training programs), so that
+    # a run.sh stopped in this stage leaves nothing training and a rerun resumes from the last checkpoint
+    kill_tree() {
+        local child
+        for child in $(pgrep -P "$1"); do kill_tree "${child}"; done
+        kill "$1" 2>/dev/null || true
+    }
     _pids=()
-    trap 'kill "${_pids[@]}" 2>/dev/null; exit 1' INT TERM
+    trap 'log "Stage 11: stopped; run it again to resume"; for pid in "${_pids[@]}"; do kill_tree "${pid}"; done; exit 1' INT TERM
     for (( lane = 0; lane < _lanes; lane++ )); do
         _lane_systems=()
         for (( i = lane; i < ${#_systems[@]}; i += _lanes )); do _lane_systems+=("${_systems[i]}"); done
