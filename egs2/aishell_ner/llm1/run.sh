@@ -609,7 +609,7 @@ fi
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     # train_system <system> <threads>: the runs of one system in order, each LLM phase from the last one's model
     train_system() {
-        local system=$1 threads=$2 run _system phase config _dir _stats_dir _opts _input _text_shape _from
+        local system=$1 threads=$2 run _system phase config _dir _stats_dir _opts _input _text_shape _from _previous
         for run in "${runs[@]}"; do
             read -r _system phase config <<<"${run}"
             [ "${_system}" = "${system}" ] || continue
@@ -635,8 +635,8 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
             _from=
             if "${dry_run}"; then
                 _opts+=" --dry_run true"
-            elif [ "${system}" != conformer ] && [ -n "$(previous_phase "${phase}")" ]; then
-                _from=${expdir}/${system}/$(previous_phase "${phase}")/${inference_model}
+            elif _previous=$(previous_phase "${phase}") && [ "${system}" != conformer ] && [ -n "${_previous}" ]; then
+                _from=${expdir}/${system}/${_previous}/${inference_model}
                 if [ ! -f "${_from}" ]; then
                     log "Error: ${system}/${phase} starts from ${_from}, which does not exist: train the previous phase first"
                     return 1
