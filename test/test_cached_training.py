@@ -13,7 +13,7 @@ import kaldiio
 import numpy as np
 import pytest
 import yaml
-from test_speech_llm_train import SENTENCES, needs_espeak, speak_corpus, tiny_config
+from test_speech_llm_train import SENTENCES, needs_sox, speak_corpus, tiny_config
 
 from espnet_llm.bin.dump_whisper_features import main as dump_main
 from espnet_llm.bin.speech_llm_inference import main as inference_main, utterance_lengths
@@ -33,7 +33,7 @@ def data_args(entries: list[str]) -> list[str]:
     return [a for phase in ("train", "valid") for e in entries for a in (f"--{phase}_data_path_and_name_and_type", e)]
 
 
-@needs_espeak
+@needs_sox
 def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_models, tmp_path, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = speak_corpus(tmp_path / "data", corrupt=CORRUPT)

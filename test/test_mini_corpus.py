@@ -1,5 +1,6 @@
 """The bundled mini corpus: layout, audio format, determinism, speaker split, and stage 1 on it."""
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,10 @@ import soundfile
 from espnet_llm.data_prep import mini_corpus
 from espnet_llm.data_prep.aishell import prepare
 from espnet_llm.data_prep.history import write_utt2history
-from espnet_llm.data_prep.mini_corpus import MiniCorpusConfig, build_mini_corpus, speaker_voice
+from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker
+from espnet_llm.data_prep.mini_corpus import (
+    MiniCorpusConfig, build_mini_corpus, check_sentences, select_sentences, speaker_voice, spoken_text,
+)
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.text.aishell_ner import normalize_transcript, strip_marks
 
@@ -129,6 +133,33 @@ def test_missing_tools_foreign_directories_and_bad_sizes_are_clear_errors(tmp_pa
     (foreign / "data_aishell").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="did not make"):
         build_mini_corpus(foreign, SMALL)
-    monkeypatch.setattr(mini_corpus.shutil, "which", lambda tool: None if tool == "espeak-ng" else "/usr/bin/" + tool)
-    with pytest.raises(mini_corpus.MissingToolError, match="espeak-ng: run tools/setup.sh"):
+    monkeypatch.setattr(mini_corpus.shutil, "which", lambda tool: None if tool == "sox" else "/usr/bin/" + tool)
+    with pytest.raises(mini_corpus.MissingToolError, match="sox: run tools/setup.sh"):
         build_mini_corpus(tmp_path / "new", SMALL)
+
+
+@pytest.fixture(scope="module")
+def tts() -> MandarinSpeaker:
+    return MandarinSpeaker()
+
+
+def test_every_sentence_of_the_default_corpus_is_spoken_in_mandarin(tts):
+    chosen = select_sentences(MiniCorpusConfig(), tts)
+    assert [len(chosen[s]) for s in SETS] == [360, 60, 60]
+    for sentences in chosen.values():
+        for sentence in sentences:
+            text, voice = spoken_text(sentence), speaker_voice(sentence.speaker)
+            phonemes = tts.phonemes(text, voice)
+            assert "(" not in phonemes, (sentence.uttid, text, voice, phonemes)  # no "(en)" language switch
+
+
+def test_a_sentence_read_in_another_language_is_refused_by_name(tts, tmp_path):
+    # libespeak-ng 1.52 reads the syllable xiong of 凶 in English
+    text = normalize_transcript("敬老院内七旬翁打死九旬室友凶手")
+    jobs = [("BAC009S0730W0484", text, mini_corpus.VOICES[2], tmp_path / "a.wav")]
+    with pytest.raises(ValueError, match=r"sentence BAC009S0730W0484: .*cmn\+m3.*partly as en"):
+        check_sentences(tts, jobs)
+    sentences = [mini_corpus.Sentence(f"BAC009S0730W{i:04d}", "S0730", i, "凶手" * i) for i in range(1, 5)]
+    with pytest.raises(ValueError, match=r"S0730 has no 2 consecutive sentences .* in Mandarin \(e.g. BAC009S0730W0001"):
+        mini_corpus.choose_run(sentences, 2, random.Random(0), tts)
+    assert not list(tmp_path.iterdir())

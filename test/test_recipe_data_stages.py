@@ -288,7 +288,6 @@ def test_stage_2_without_sox_names_tools_setup(tmp_path):
 
 
 @needs_sox
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (tools/setup.sh installs it)")
 def test_run_sh_stages_1_to_5_on_the_mini_corpus(tmp_path, monkeypatch):
     recipe = recipe_copy(tmp_path / "recipe")
     monkeypatch.chdir(recipe)
@@ -303,7 +302,7 @@ def test_run_sh_stages_1_to_5_on_the_mini_corpus(tmp_path, monkeypatch):
         assert f"validate_data_dir: dump/raw/{subset}: OK" in output
         data, dump = recipe / "data" / subset, recipe / "dump" / "raw" / subset
         assert validate_data_dir(dump) == []
-        # espeak-ng sentences are all between 0.1 and 30 s: nothing removed
+        # the spoken sentences are all between 0.1 and 30 s: nothing removed
         assert lines(data / "text_ner") == lines(dump / "text_ner")
         summary = summarize_data_dir(dump)
         assert summary.hours > 0 and sum(summary.entities.values()) > 0

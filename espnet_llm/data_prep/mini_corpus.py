@@ -1,9 +1,11 @@
-"""The bundled mini corpus: real AISHELL-NER sentences spoken by espeak-ng, in the AISHELL-1 layout.
+"""The bundled mini corpus: real AISHELL-NER sentences spoken in Mandarin by espeak-ng, in the AISHELL-1 layout.
 
 It lets the whole recipe run anywhere. The text is the shipped AISHELL-NER dev transcript
 (Apache-2.0, ``espnet_llm.resources``): scripts that are real runs of consecutive sentences of
 one speaker (consecutive ``W`` numbers, so historical context is real), drawn among the shorter
-runs. Each speaker is voiced by one espeak-ng Mandarin variant chosen by its speaker number, so
+runs that espeak-ng reads wholly in Mandarin (it reads Latin letters, and a few syllables such as
+凶 and 穷, in English). Each speaker is voiced by one espeak-ng 1.52 Mandarin variant
+(``mandarin_tts``) chosen by its speaker number, so
 the mapping is the same for every seed; speakers are picked round-robin over the voices and dev
 and test speakers are held out only where another speaker of the same voice stays in training.
 
@@ -12,8 +14,9 @@ each dev and test speaker reads a training script in a voice that never read it 
 the held-out sets measure whether a model hears which sentence is spoken by a voice it has not
 heard say it. With 0.4 h of speech no model learns Mandarin for new sentences (on held-out
 text every system, the Conformer included, stayed near 100% CER), so the mini corpus checks
-that the recipe learns from speech; its figures say nothing about AISHELL-1. Output,
-deterministic for a seed::
+that the recipe learns from speech; its figures say nothing about AISHELL-1. Every sentence's
+phonemes are checked before anything is written: a voice that leaves Mandarin for any part of a
+sentence is refused, naming it. Output, deterministic for a seed and libespeak-ng version::
 
     <output_dir>/data_aishell/wav/{train,dev,test}/<SPK>/<uttid>.wav     16 kHz mono 16-bit
     <output_dir>/data_aishell/transcript/aishell_transcript_v0.8.txt     word-spaced like AISHELL-1
@@ -25,30 +28,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import shutil
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from pathlib import Path
 
+from espnet_llm.data_prep.mandarin_tts import LanguageSwitchError, MandarinSpeaker, Voice
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked
 
-BUILD_VERSION = 2  # bump when the output for a given configuration changes
+BUILD_VERSION = 3  # bump when the output for a given configuration changes
 SAMPLE_RATE = 16000
 SETS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class Voice:
-    name: str  # espeak-ng voice+variant
-    pitch: int  # espeak-ng -p, 0-99
-    speed: int  # espeak-ng -s, words per minute
 
 
 # A few espeak-ng Mandarin variants standing for speakers (speaker S<n> gets VOICES[n % len(VOICES)]).
@@ -79,11 +76,11 @@ class Sentence:
 
 
 class MissingToolError(RuntimeError):
-    """espeak-ng or sox is not installed."""
+    """sox is not installed."""
 
 
 class SynthesisError(RuntimeError):
-    """espeak-ng or sox failed on one utterance."""
+    """sox failed on one utterance."""
 
 
 def speaker_voice(speaker: str) -> Voice:
@@ -135,11 +132,22 @@ def choose_speakers(speakers: list[str], config: MiniCorpusConfig, rng: random.R
     }
 
 
-def choose_run(sentences: list[Sentence], length: int, rng: random.Random) -> list[Sentence]:
-    """A run of `length` consecutive sentences, drawn among the shortest quarter of all such runs."""
-    runs = [i for i in range(len(sentences) - length + 1) if sentences[i + length - 1].index - sentences[i].index == length - 1]
+def spoken_text(sentence: Sentence) -> str:
+    return normalize_transcript(parse_marked(sentence.marked)[0])
+
+
+def choose_run(sentences: list[Sentence], length: int, rng: random.Random, tts: MandarinSpeaker) -> list[Sentence]:
+    """A run of `length` consecutive sentences that espeak-ng reads in Mandarin, drawn among the shortest
+    quarter of all such runs."""
+    foreign = [s for s in sentences if tts.other_languages(spoken_text(s), VOICES[0])]
+    runs = [i for i in range(len(sentences) - length + 1)
+            if sentences[i + length - 1].index - sentences[i].index == length - 1
+            and not set(sentences[i:i + length]) & set(foreign)]
     if not runs:
-        raise ValueError(f"speaker {sentences[0].speaker} has no {length} consecutive sentences")
+        example = f" (e.g. {foreign[0].uttid} '{spoken_text(foreign[0])}': " \
+                  f"{tts.phonemes(spoken_text(foreign[0]), VOICES[0])})" if foreign else ""
+        raise ValueError(f"speaker {sentences[0].speaker} has no {length} consecutive sentences that "
+                         f"libespeak-ng {tts.version} reads in Mandarin{example}")
     chars = {i: sum(len(s.marked) for s in sentences[i:i + length]) for i in runs}
     cutoff = sorted(chars.values())[len(runs) // 4]
     start = rng.choice([i for i in runs if chars[i] <= cutoff])
@@ -164,21 +172,33 @@ def word_spaced(marked: str, rng: random.Random) -> str:
 
 
 def check_tools() -> None:
-    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
-    if missing:
-        raise MissingToolError(
-            f"the mini corpus needs {' and '.join(missing)}: run tools/setup.sh "
-            f"(or apt-get install -y espeak-ng sox)"
-        )
+    if shutil.which("sox") is None:
+        raise MissingToolError("the mini corpus needs sox: run tools/setup.sh (or apt-get install -y sox)")
 
 
-def synthesize(text: str, voice: Voice, wav_path: Path) -> None:
-    """espeak-ng speaks at 22.05 kHz; sox resamples to 16 kHz mono 16-bit (no dither: same bytes every run)."""
-    espeak = ["espeak-ng", "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdin", "--stdout"]
-    sox = ["sox", "-q", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", str(wav_path), "gain", "-n", "-3", "rate", str(SAMPLE_RATE)]
+_TTS: MandarinSpeaker | None = None  # the builder's, inherited by each forked process that speaks
+
+
+def speak_to_wav(job: tuple[str, str, Voice, Path]) -> None:
+    _, text, voice, wav_path = job
+    resample(_TTS.speak(text, voice), _TTS.sample_rate, wav_path)
+
+
+def check_sentences(tts: MandarinSpeaker, jobs: list[tuple[str, str, Voice, Path]]) -> None:
+    """Every sentence must be read in Mandarin by its voice; the first that is not is named."""
+    for uttid, text, voice, _ in jobs:
+        try:
+            tts.check_mandarin(text, voice)
+        except LanguageSwitchError as error:
+            raise ValueError(f"sentence {uttid}: {error} (libespeak-ng {tts.version})") from None
+
+
+def resample(samples, sample_rate: int, wav_path: Path) -> None:
+    """sox resamples espeak-ng's 22.05 kHz to 16 kHz mono 16-bit (no dither: the same bytes every run)."""
+    sox = ["sox", "-q", "-D", "-t", "raw", "-r", str(sample_rate), "-e", "signed-integer", "-b", "16", "-c", "1", "-",
+           "-c", "1", "-b", "16", str(wav_path), "gain", "-n", "-3", "rate", str(SAMPLE_RATE)]
     try:
-        speech = subprocess.run(espeak, input=text.encode("utf-8"), capture_output=True, check=True).stdout
-        subprocess.run(sox, input=speech, capture_output=True, check=True)
+        subprocess.run(sox, input=samples.astype("<i2").tobytes(), capture_output=True, check=True)
     except subprocess.CalledProcessError as error:
         raise SynthesisError(f"{wav_path}: {' '.join(error.cmd)} failed: {error.stderr.decode(errors='replace')}") from error
 
@@ -196,7 +216,7 @@ def is_built(output_dir: Path, config: MiniCorpusConfig) -> bool:
     return stamp.exists() and stamp.read_text() == stamp_content(config, "complete")
 
 
-def select_sentences(config: MiniCorpusConfig) -> dict[str, list[Sentence]]:
+def select_sentences(config: MiniCorpusConfig, tts: MandarinSpeaker) -> dict[str, list[Sentence]]:
     """The sentences of each set. Training speakers read in groups of ``readers_per_script`` (of different
     voices), each group one real run of its first speaker; each dev and test speaker reads the run of a
     group with no speaker of its voice. Every speaker uses its own ids with the run's W numbers."""
@@ -207,7 +227,7 @@ def select_sentences(config: MiniCorpusConfig) -> dict[str, list[Sentence]]:
     by_voice = [[spk for spk in split["train"] if speaker_voice(spk) == voice] for voice in VOICES]
     train = [spk for rank in zip_longest(*by_voice) for spk in rank if spk]
     groups = [train[i:i + config.readers_per_script] for i in range(0, len(train), config.readers_per_script)]
-    scripts = [choose_run(by_speaker[group[0]], config.utts_per_speaker, rng) for group in groups]
+    scripts = [choose_run(by_speaker[group[0]], config.utts_per_speaker, rng, tts) for group in groups]
 
     def read(speaker: str, script: list[Sentence]) -> list[Sentence]:
         return [Sentence(f"BAC009{speaker}W{s.index:04d}", speaker, s.index, s.marked) for s in script]
@@ -229,11 +249,22 @@ def select_sentences(config: MiniCorpusConfig) -> dict[str, list[Sentence]]:
 
 
 def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusConfig(), nj: int = 2) -> dict[str, int]:
-    """Build (or rebuild) the corpus; returns utterances per set."""
+    """Build (or rebuild) the corpus; returns utterances per set. Every sentence is checked before
+    anything in ``output_dir`` changes."""
     check_tools()
-    chosen = select_sentences(config)
+    tts = MandarinSpeaker()
+    chosen = select_sentences(config, tts)
     output_dir = Path(output_dir)
     corpus_dir, ner_dir = output_dir / "data_aishell", output_dir / "aishell_ner"
+    spacing_rng = random.Random(config.seed)
+    transcript_lines, jobs = [], []
+    for subset, sentences in chosen.items():
+        for s in sentences:
+            transcript_lines.append(f"{s.uttid} {word_spaced(s.marked, spacing_rng)}")
+            wav_path = corpus_dir / "wav" / subset / s.speaker / f"{s.uttid}.wav"
+            jobs.append((s.uttid, spoken_text(s), speaker_voice(s.speaker), wav_path))
+    check_sentences(tts, jobs)
+
     if corpus_dir.exists() or ner_dir.exists():
         if not stamp_path(output_dir).exists():
             raise FileExistsError(f"{output_dir} holds a corpus this builder did not make; choose another --output_dir")
@@ -241,15 +272,6 @@ def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusCon
         shutil.rmtree(ner_dir, ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp_path(output_dir).write_text(stamp_content(config, "building"))
-
-    spacing_rng = random.Random(config.seed)
-    transcript_lines, jobs = [], []
-    for subset, sentences in chosen.items():
-        for s in sentences:
-            transcript_lines.append(f"{s.uttid} {word_spaced(s.marked, spacing_rng)}")
-            wav_path = corpus_dir / "wav" / subset / s.speaker / f"{s.uttid}.wav"
-            wav_path.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((normalize_transcript(parse_marked(s.marked)[0]), speaker_voice(s.speaker), wav_path))
     (corpus_dir / "transcript").mkdir(parents=True)
     (corpus_dir / "transcript" / "aishell_transcript_v0.8.txt").write_text(
         "".join(line + "\n" for line in sorted(transcript_lines)), encoding="utf-8")
@@ -260,14 +282,18 @@ def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusCon
     shutil.copy(AISHELL_NER_DEV_TRANSCRIPT.parent / "LICENSE", ner_dir / "LICENSE")
     (ner_dir / "README.md").write_text(
         "Sentences and entity marks from the AISHELL-NER dev transcript (Chen et al., ICASSP 2022),\n"
-        "Apache License 2.0 (LICENSE); audio synthesized by espeak-ng for the espnet_llm mini corpus.\n", encoding="utf-8")
+        f"Apache License 2.0 (LICENSE); audio spoken by libespeak-ng {tts.version} for the espnet_llm mini corpus.\n",
+        encoding="utf-8")
 
     start = time.time()
-    print(f"synthesizing {len(jobs)} utterances with espeak-ng and sox, {nj} jobs", flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:  # each job is two subprocesses
-        futures = [pool.submit(synthesize, *job) for job in jobs]
-        for done, future in enumerate(as_completed(futures), 1):
-            future.result()
+    print(f"speaking {len(jobs)} utterances with libespeak-ng {tts.version} in {nj} jobs", flush=True)
+    for job in jobs:
+        job[-1].parent.mkdir(parents=True, exist_ok=True)
+    # One forked process per utterance: libespeak-ng carries synthesis state from one utterance to the next
+    global _TTS
+    _TTS = tts
+    with multiprocessing.get_context("fork").Pool(max(1, nj), maxtasksperchild=1) as pool:
+        for done, _ in enumerate(pool.imap_unordered(speak_to_wav, jobs), 1):
             if done % 100 == 0 or done == len(jobs):
                 print(f"  {done}/{len(jobs)} utterances ({done / (time.time() - start):.0f}/s)", flush=True)
     stamp_path(output_dir).write_text(stamp_content(config, "complete"))
@@ -295,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         counts = build_mini_corpus(args.output_dir, config, args.nj)
-    except (RuntimeError, FileExistsError, ValueError) as error:
+    except (RuntimeError, FileExistsError, ValueError) as error:  # MissingEspeakError is a RuntimeError
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     print(f"mini corpus in {args.output_dir}: " + ", ".join(f"{subset} {n}" for subset, n in counts.items())
