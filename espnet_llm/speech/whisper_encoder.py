@@ -1,7 +1,8 @@
 """Whisper's encoder (transformers' WhisperEncoder) as the speech encoder of the speech LLMs.
 
 Loads from a local transformers directory (the openai/whisper-large-v2 layout, or the
-WhisperModel directory that make_tiny_models writes) or from an OpenAI ``.pt`` checkpoint.
+WhisperModel directory that make_tiny_models writes), from a CTranslate2 (faster-whisper) directory
+(``model.bin``; converted in memory, see ctranslate2_checkpoint) or from an OpenAI ``.pt`` checkpoint.
 Frozen by default, as in the paper.
 
 Two input modes:
@@ -28,6 +29,11 @@ from transformers import WhisperConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from espnet_llm.speech.ctranslate2_checkpoint import (
+    ctranslate2_whisper_config,
+    is_ctranslate2_whisper_dir,
+    load_ctranslate2_whisper_encoder,
+)
 from espnet_llm.speech.log_mel import SpeechTooLongError, WhisperLogMel  # the error is part of this API too
 from espnet_llm.speech.openai_checkpoint import load_openai_whisper_encoder, openai_whisper_config
 
@@ -69,15 +75,22 @@ class _EncoderOfWhisperModel(WhisperEncoder):
     _keys_to_ignore_on_load_unexpected = [r"(^|\.)decoder\.", r"^proj_out\."]
 
 
+_ACCEPTED_FORMS = (
+    "a transformers Whisper directory (with config.json), a CTranslate2 Whisper directory (with model.bin) "
+    "or an OpenAI .pt file"
+)
+
+
 def load_whisper_encoder(model_path: str | Path, dtype: torch.dtype = torch.float32) -> WhisperEncoder:
-    """The encoder of a transformers Whisper directory or of an OpenAI ``.pt`` checkpoint."""
+    """The encoder of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of
+    an OpenAI ``.pt`` checkpoint."""
     path = Path(model_path)
     if path.is_file() and path.suffix == ".pt":
         return load_openai_whisper_encoder(path, dtype=dtype)
+    if is_ctranslate2_whisper_dir(path):  # before config.json: a CTranslate2 directory has one too
+        return load_ctranslate2_whisper_encoder(path, dtype=dtype)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_path}: expected a transformers Whisper directory (with config.json) or an OpenAI .pt file"
-        )
+        raise FileNotFoundError(f"{model_path}: expected {_ACCEPTED_FORMS}")
     encoder, info = _EncoderOfWhisperModel.from_pretrained(
         path,
         dtype=dtype,
@@ -91,14 +104,15 @@ def load_whisper_encoder(model_path: str | Path, dtype: torch.dtype = torch.floa
 
 
 def whisper_config(model_path: str | Path) -> WhisperConfig:
-    """The config of a transformers Whisper directory or of an OpenAI ``.pt`` checkpoint; no weight is read."""
+    """The config of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of an
+    OpenAI ``.pt`` checkpoint; no weight is read."""
     path = Path(model_path)
     if path.is_file() and path.suffix == ".pt":
         return openai_whisper_config(path)
+    if is_ctranslate2_whisper_dir(path):
+        return ctranslate2_whisper_config(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_path}: expected a transformers Whisper directory (with config.json) or an OpenAI .pt file"
-        )
+        raise FileNotFoundError(f"{model_path}: expected {_ACCEPTED_FORMS}")
     return WhisperConfig.from_pretrained(path)
 
 
@@ -112,7 +126,8 @@ class WhisperSpeechEncoder(nn.Module):
     """(speech (B, T) 16 kHz, speech_lengths (B,)) -> (hidden (B, T', d_model), hidden_lengths (B,))."""
 
     def __init__(self, model_path: str | Path | WhisperEncoder, pad_to_30s: bool = False, freeze: bool = True):
-        """``model_path``: a transformers Whisper directory, an OpenAI .pt file, or a built WhisperEncoder."""
+        """``model_path``: a transformers or CTranslate2 Whisper directory, an OpenAI .pt file, or a built
+        WhisperEncoder."""
         super().__init__()
         self.encoder = model_path if isinstance(model_path, WhisperEncoder) else load_whisper_encoder(model_path)
         self.log_mel = WhisperLogMel(self.encoder.config.num_mel_bins, pad_to_30s=pad_to_30s)
