@@ -1,4 +1,5 @@
-"""The embedded default end to end: ``./run.sh`` (stages 1-13, every system, the mini corpus, tiny models)
+"""The embedded default end to end: ``./run.sh`` (stages 1-13, every system, the Mandarin mini corpus, the frozen
+pretrained Whisper base and the tiny random ChatGLM3)
 writes RESULTS.md with every table filled; a training run is resumed from its checkpoint; export_gates.
 
 The recipe runs in a temporary directory of symlinks to egs2/aishell_ner/llm1, so data/, dump/, exp/,
@@ -98,13 +99,17 @@ def dev_cer(recipe: Path, run: str) -> dict:
 @needs_tools
 def test_the_baseline_learns_from_speech(full_run):
     recipe, _ = full_run
-    assert dev_cer(recipe, "conformer/asr")["Err"] < 95.0  # measured: 81.7-89.7 %
+    assert dev_cer(recipe, "conformer/asr")["Err"] < 80.0  # measured: 41.8 % (10 epochs), 8 epochs: see README
 
 
 @needs_tools
-def test_the_decoder_only_speech_llm_learns_from_speech(full_run):
-    recipe, _ = full_run
-    assert dev_cer(recipe, "decoder_only/short")["Err"] < 50.0  # measured: 11.5-18.7 %
+def test_both_speech_llms_listen_through_the_pretrained_whisper(full_run):
+    recipe, output = full_run
+    source = json.loads((recipe / "downloads" / "mini_whisper" / "source.json").read_text())
+    assert source["model"].startswith("openai/whisper-base") and "why" not in source  # not the random fallback
+    assert "D=512" in output  # stage 6 dumped Whisper base's 512-wide features
+    assert dev_cer(recipe, "decoder_only/short")["Err"] < 25.0  # measured: 3.5 % (2 LLM layers, 30 epochs)
+    assert dev_cer(recipe, "encoder_decoder/short")["Err"] < 50.0  # measured: 17.3 %
 
 
 @needs_tools

