@@ -590,44 +590,9 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
         done
     fi
     if [ -n "${whisper_model}" ]; then
-        set_whisper_dim  # once, here: the jobs below inherit it
+        set_whisper_dim  # once, here: cached_train_opts runs in subshells, which cannot keep it
     fi
-    # collect_stats <system> <phase> <training config> <stats dir>: ESPnet's per-job stats, then aggregated
-    collect_stats() {
-        local system=$1 phase=$2 config=$3 stats_dir=$4
-        local logdir=${stats_dir}/logdir opts dset n
-        log "Stage 10: collect stats of ${system}/${phase} (${config}) in ${_nj} job(s): ${logdir}/stats.*.log"
-        rm -rf "${stats_dir}"
-        mkdir -p "${logdir}"
-        split_keys "${_train_dir}/wav.scp" "${_nj}" "${logdir}/train"
-        split_keys "${_valid_dir}/wav.scp" "${_nj}" "${logdir}/valid"
-        opts=$(data_opts "${system}" "${train_set}" "${valid_set}")
-        if [ "${system}" = conformer ]; then
-            opts+=" ${conformer_text_opts}"
-        elif uses_feature_cache "${system}"; then
-            # the same speech input as training: the shapes are feature frames (history included), not samples;
-            # utterances stage 6 could not dump keep their keys (from wav.scp) with 0 frames
-            opts+=" $(cached_train_opts "${config}")"
-        fi
-        # shellcheck disable=SC2086
-        ${train_cmd} JOB=1:"${_nj}" "${logdir}/stats.JOB.log" \
-            ${python} -m "$(train_module "${system}")" --collect_stats true --config "${config}" ${opts} \
-                --train_shape_file "${logdir}/train.JOB.scp" --valid_shape_file "${logdir}/valid.JOB.scp" \
-                --output_dir "${logdir}/stats.JOB" ${train_args}
-        # shellcheck disable=SC2046
-        ${python} -m espnet2.bin.aggregate_stats_dirs --output_dir "${stats_dir}" \
-            $(for n in $(seq "${_nj}"); do echo "--input_dir ${logdir}/stats.${n}"; done)
-        if [ "${system}" = conformer ]; then
-            # ESPnet's text shape with the vocabulary size, as asr.sh writes it
-            for dset in train valid; do
-                awk -v N="$(wc -l <"${char_token_list}")" '{ print $0 "," N }' \
-                    "${stats_dir}/${dset}/text_shape" >"${stats_dir}/${dset}/text_shape.char"
-            done
-        fi
-    }
-    # The runs' stats side by side: on the mini corpus each job's start takes longer than its work.
     _collected=" "
-    _pids=()
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         _stats_dir=$(stats_dir_of "${system}" "${phase}" "${config}")
@@ -636,17 +601,36 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
             continue
         fi
         _collected+="${_stats_dir} "
-        collect_stats "${system}" "${phase}" "${config}" "${_stats_dir}" &  # its own job: set -e stops it at an error
-        _pids+=($!)
+        _logdir=${_stats_dir}/logdir
+        log "Stage 10: collect stats of ${system}/${phase} (${config}) in ${_nj} job(s): ${_logdir}/stats.*.log"
+        rm -rf "${_stats_dir}"
+        mkdir -p "${_logdir}"
+        split_keys "${_train_dir}/wav.scp" "${_nj}" "${_logdir}/train"
+        split_keys "${_valid_dir}/wav.scp" "${_nj}" "${_logdir}/valid"
+        _opts=$(data_opts "${system}" "${train_set}" "${valid_set}")
+        if [ "${system}" = conformer ]; then
+            _opts+=" ${conformer_text_opts}"
+        elif uses_feature_cache "${system}"; then
+            # the same speech input as training: the shapes are feature frames (history included), not samples;
+            # utterances stage 6 could not dump keep their keys (from wav.scp) with 0 frames
+            _opts+=" $(cached_train_opts "${config}")"
+        fi
+        # shellcheck disable=SC2086
+        ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
+            ${python} -m "$(train_module "${system}")" --collect_stats true --config "${config}" ${_opts} \
+                --train_shape_file "${_logdir}/train.JOB.scp" --valid_shape_file "${_logdir}/valid.JOB.scp" \
+                --output_dir "${_logdir}/stats.JOB" ${train_args}
+        # shellcheck disable=SC2046
+        ${python} -m espnet2.bin.aggregate_stats_dirs --output_dir "${_stats_dir}" \
+            $(for n in $(seq "${_nj}"); do echo "--input_dir ${_logdir}/stats.${n}"; done)
+        if [ "${system}" = conformer ]; then
+            # ESPnet's text shape with the vocabulary size, as asr.sh writes it
+            for dset in train valid; do
+                awk -v N="$(wc -l <"${char_token_list}")" '{ print $0 "," N }' \
+                    "${_stats_dir}/${dset}/text_shape" >"${_stats_dir}/${dset}/text_shape.char"
+            done
+        fi
     done
-    _failed=0
-    for _pid in "${_pids[@]}"; do
-        wait "${_pid}" || _failed=$((_failed + 1))
-    done
-    if [ "${_failed}" -gt 0 ]; then
-        log "Error: collecting the stats of ${_failed} run(s) failed (see the run.pl messages above)"
-        exit 1
-    fi
     stage_finished 10
 fi
 
