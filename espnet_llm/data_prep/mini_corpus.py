@@ -140,9 +140,10 @@ def choose_run(sentences: list[Sentence], length: int, rng: random.Random, tts: 
     """A run of `length` consecutive sentences that espeak-ng reads in Mandarin, drawn among the shortest
     quarter of all such runs."""
     foreign = [s for s in sentences if tts.other_languages(spoken_text(s), VOICES[0])]
+    foreign_set = set(foreign)
     runs = [i for i in range(len(sentences) - length + 1)
             if sentences[i + length - 1].index - sentences[i].index == length - 1
-            and not set(sentences[i:i + length]) & set(foreign)]
+            and foreign_set.isdisjoint(sentences[i:i + length])]
     if not runs:
         example = f" (e.g. {foreign[0].uttid} '{spoken_text(foreign[0])}': " \
                   f"{tts.phonemes(spoken_text(foreign[0]), VOICES[0])})" if foreign else ""

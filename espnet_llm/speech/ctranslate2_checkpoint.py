@@ -572,6 +572,8 @@ def convert_ctranslate2_whisper(ct2_dir: str | Path, output_dir: str | Path) -> 
         header[piece.name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(piece.shape),
                               "data_offsets": [begin, begin + size]}
         begin += size
+    # Written here rather than by safetensors' save_file, which needs every tensor in memory at once: the
+    # format is the header's length (uint64), the JSON header, then the data at its offsets.
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the data start 8-byte aligned
     partial = output_dir / "model.safetensors.partial"
