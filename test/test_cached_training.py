@@ -12,6 +12,7 @@ import logging
 import kaldiio
 import numpy as np
 import pytest
+import torch
 import yaml
 from test_speech_llm_train import SENTENCES, needs_sox, speak_corpus, tiny_config
 
@@ -76,9 +77,15 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
     train_main(["--config", str(long), *cached, *data_args(entries),
                 *[a for p in ("train", "valid") for k in ("speech", "text")
                   for a in (f"--{p}_shape_file", f"stats/{p}/{k}_shape")],
-                "--init_param", "exp_short/valid.acc.ave.pth", "--output_dir", "exp_long"])
+                "--init_param", "exp_short/valid.acc.ave.pth", "--continue_schedule_from", "exp_short/checkpoint.pth",
+                "--output_dir", "exp_long"])
     assert "skipping 1 broken" in caplog.text and f"{CORRUPT}: not in" in caplog.text  # reported, training went on
     assert (tmp_path / "exp_long/1epoch.pth").is_file()
+    # the LR schedule and AdamW's step count went on from where phase 1 ended, not from a new warmup
+    before, after = (torch.load(tmp_path / f"exp_{p}/checkpoint.pth", weights_only=False) for p in ("short", "long"))
+    steps = [s["optimizers"][0]["state"][0]["step"] for s in (before, after)]
+    assert after["schedulers"][0]["last_epoch"] == before["schedulers"][0]["last_epoch"] + int(steps[1] - steps[0])
+    assert steps[1] > steps[0] > 0
 
     # decoding from the resulting config.yaml; batches by length, outputs in the key file's order
     keys = tmp_path / "keys"

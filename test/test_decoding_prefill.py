@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_speech_llm_models import ARCHITECTURES, ROWS, batch_for, build
+from test_speech_llm_models import ARCHITECTURES, ROWS, batch_for, build, open_cross_attention
 
 BEAM = 3
 
 
 def decoding_model(tiny_models, arch):
-    """The NER model (history: long prompts), cross-attention gates open so that the speech memory matters."""
+    """The NER model (history: long prompts), cross-attention opened so that the speech memory matters."""
     model = build(tiny_models, arch, "ner").eval()
     if arch == "encoder_decoder":
-        for i in model.cross_attention_layers:
-            model.llm.decoder_layers[i].cross_attention.gate.data.fill_(0.5)
+        open_cross_attention(model)
     return model
 
 
@@ -47,8 +46,8 @@ def test_beam_search_runs_the_prompt_for_each_utterance_once(tiny_models, arch):
     model = decoding_model(tiny_models, arch)
     batch = batch_for(model, ROWS)
     rows = len(ROWS)
-    memory, lengths = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
-    width = model.left_padded_prompts(memory, lengths)[0].shape[1]
+    memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    width = model.left_padded_prompts(memory, lengths, segments)[0].shape[1]
     calls = []  # (rows, positions) of each LLM forward
     model.llm.decoder_layers[0].register_forward_pre_hook(lambda layer, args: calls.append(tuple(args[0].shape[:2])))
     decode(model, batch, BEAM)

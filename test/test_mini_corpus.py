@@ -1,6 +1,5 @@
 """The bundled mini corpus: layout, audio format, determinism, speaker split, and stage 1 on it."""
 import hashlib
-import random
 from pathlib import Path
 
 import pytest
@@ -61,22 +60,30 @@ def test_speakers_split_disjoint_and_voices_heard_in_training(corpus):
     assert {speaker_voice(s) for s in speakers["dev"] | speakers["test"]} <= train_voices
 
 
-def test_sentences_are_real_consecutive_runs(corpus):
-    real = read_table(AISHELL_NER_DEV_TRANSCRIPT)
-    real_by_number = {}
-    for uttid, marked in real.items():
-        real_by_number.setdefault(int(uttid[12:]), set()).add(marked)
+def test_sentences_are_real_consecutive_runs_each_read_in_an_order_of_its_own(corpus):
+    real_runs = {}  # AISHELL speaker -> its sentences in W order
+    for uttid, marked in read_table(AISHELL_NER_DEV_TRANSCRIPT).items():
+        real_runs.setdefault(uttid[6:11], []).append((int(uttid[12:]), marked))
     transcript = read_table(corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt")
+    orders = {}  # script -> the reading orders of its readers
     for subset in SETS:
         ner = read_table(corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt")
         by_speaker = {}
-        for uttid, marked in ner.items():
-            assert marked in real_by_number[int(uttid[12:])]  # a real annotation, verbatim, at its W number
+        for uttid, marked in sorted(ner.items()):
             assert " " in transcript[uttid] or len(strip_marks(marked)) <= 3  # word-spaced like AISHELL-1
             assert normalize_transcript(transcript[uttid]) == normalize_transcript(strip_marks(marked))
-            by_speaker.setdefault(uttid[6:11], []).append(int(uttid[12:]))
-        for numbers in by_speaker.values():
-            assert sorted(numbers) == list(range(min(numbers), min(numbers) + SMALL.utts_per_speaker))
+            by_speaker.setdefault(uttid[6:11], []).append((int(uttid[12:]), marked))
+        for read in by_speaker.values():
+            numbers = [n for n, _ in read]
+            assert numbers == list(range(numbers[0], numbers[0] + SMALL.utts_per_speaker))  # W in reading order
+            texts = [m for _, m in read]
+            # verbatim annotations of a real run of consecutive sentences of one AISHELL speaker
+            assert any(sorted(texts) == sorted(m for _, m in sentences[i:i + len(texts)])
+                       and sentences[i + len(texts) - 1][0] - sentences[i][0] == len(texts) - 1
+                       for sentences in real_runs.values() for i in range(len(sentences) - len(texts) + 1))
+            orders.setdefault(frozenset(texts), []).append(texts)
+    # readers of one script read it in different orders (so the history does not give the next sentence)
+    assert any(len({tuple(o) for o in read}) > 1 for read in orders.values())
 
 
 def test_held_out_speakers_read_training_text_in_a_voice_that_did_not_read_it(corpus):
@@ -107,7 +114,7 @@ def test_stage1_prepares_the_mini_corpus_cleanly(corpus, tmp_path):
     for line in history.read_text().splitlines():
         ids = line.split()
         numbers = [int(u[12:]) for u in ids]
-        # runs are consecutive, so the history is the directly preceding sentences
+        # W numbers follow the reading order, so the history is the directly preceding sentences
         assert numbers[1:] == list(range(numbers[0] - len(ids) + 1, numbers[0]))
         assert len({u[6:11] for u in ids}) == 1
 
@@ -160,6 +167,7 @@ def test_a_sentence_read_in_another_language_is_refused_by_name(tts, tmp_path):
     with pytest.raises(ValueError, match=r"sentence BAC009S0730W0484: .*cmn\+m3.*partly as en"):
         check_sentences(tts, jobs)
     sentences = [mini_corpus.Sentence(f"BAC009S0730W{i:04d}", "S0730", i, "凶手" * i) for i in range(1, 5)]
-    with pytest.raises(ValueError, match=r"S0730 has no 2 consecutive sentences .* in Mandarin \(e.g. BAC009S0730W0001"):
-        mini_corpus.choose_run(sentences, 2, random.Random(0), tts)
+    sentences += [mini_corpus.Sentence(f"BAC009S0731W{i:04d}", "S0731", i, "你好" * i) for i in range(1, 5)]
+    with pytest.raises(ValueError, match=r"has 1 speakers with 2 consecutive sentences .* in Mandarin, 2 are needed"):
+        mini_corpus.choose_scripts({"S0730": sentences[:4], "S0731": sentences[4:]}, 2, 2, tts)
     assert not list(tmp_path.iterdir())

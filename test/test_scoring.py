@@ -177,8 +177,9 @@ def test_ner_malformed_reference_is_reported_and_left_out(tmp_path):
 
 # ---------------------------------------------------------------------------------------- RESULTS.md
 
-def espnet_train_log(path, epochs):
-    """A train.log with the per-epoch lines that ESPnet's own Reporter writes."""
+def espnet_train_log(path, epochs, listening=False):
+    """A train.log with the per-epoch lines that ESPnet's own Reporter writes; listening: with the speech
+    LLMs' validation figures of the current utterance and of another utterance's speech."""
     from espnet2.train.reporter import Reporter
 
     reporter, lines = Reporter(), []
@@ -186,7 +187,10 @@ def espnet_train_log(path, epochs):
         reporter.set_epoch(epoch)
         for key, loss, acc in (("train", 50.0 / epoch, 0.1 * epoch), ("valid", 60.0 / epoch, 0.08 * epoch)):
             with reporter.observe(key) as sub:
-                sub.register({"loss": loss, "acc": acc})
+                stats = {"loss": loss, "acc": acc}
+                if listening and key == "valid":
+                    stats.update(acc_current=acc / 2, loss_other_speech=loss + epoch, speech_reliance=float(epoch))
+                sub.register(stats)
                 sub.next()
         lines.append(f"[host] 2025-01-01 00:00:00,000 (trainer:394) INFO: {reporter.log_message()}")
     write_lines(path, ["[host] some other line"] + lines)
@@ -227,6 +231,19 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
         assert f"(results_images/{png})" in text
         assert (out.parent / "results_images" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_epoch_stats(exp / "decoder_only" / "short" / "train.log")[3]["valid"]["loss"] == 20.0
+
+
+def test_results_md_lists_how_much_each_run_listens(tmp_path, cer_case):
+    ref, hyp = cer_case
+    exp = tmp_path / "exp"
+    for system, phase in (("conformer", "asr"), ("encoder_decoder", "long")):
+        score_cer(ref, hyp, exp / system / phase / "decode_dev" / "score_cer", backend="fallback")
+        espnet_train_log(exp / system / phase / "train.log", epochs=4, listening=system != "conformer")
+    write_results(exp, tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    table = text[text.index("## Listening"):text.index("## conformer")]
+    # the last epoch's: valid loss 60 / 4, acc 0.08 * 4; the Conformer reports no speech reliance: no row
+    assert "|encoder_decoder|long|4|0.320|0.160|15.000|19.000|4.000|" in table and "conformer" not in table
 
 
 def test_results_without_scores_is_an_error(tmp_path):

@@ -89,27 +89,97 @@ def test_forward_backward_and_only_intended_parameters_change(tiny_models, arch,
     assert not any(n.startswith("speech_encoder.") for n in trainable)
 
 
-def test_gates_at_zero_give_the_plain_llm(tiny_models):
+def open_cross_attention(model, seed=0):
+    """The state of a trained encoder-decoder: output projections no longer zero, so that the speech matters."""
+    g = torch.Generator().manual_seed(seed)
+    for i in model.cross_attention_layers:
+        out = model.llm.decoder_layers[i].cross_attention.out.weight
+        out.data.copy_(0.05 * torch.randn(out.shape, generator=g))
+
+
+def test_untrained_cross_attention_gives_the_plain_llm(tiny_models):
     model = build(tiny_models, "encoder_decoder", "asr_short").eval()
     plain = load_chatglm3(tiny_models / "chatglm3").eval()
     ids = torch.tensor([model.layout.prefix_ids + model.layout.tokenizer.encode("今天天气很好") + model.layout.suffix_ids])
     mask = torch.ones_like(ids)
     memory = torch.randn(1, 30, model.speech_encoder.output_size())
-    with torch.no_grad(), model.attending_to(memory, torch.tensor([30])):
+    segments = torch.zeros(1, 30, dtype=torch.long)
+    assert all(g > 0.5 for g in model.gate_values().values())  # gates open, projections at zero
+    with torch.no_grad(), model.attending_to(memory, torch.tensor([30]), segments):
         ours = model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask))
         expected = plain(input_ids=ids).logits
         assert torch.allclose(ours, expected, atol=1e-6), (ours - expected).abs().max()
-        model.llm.decoder_layers[0].cross_attention.gate.data.fill_(0.5)  # an open gate lets the speech in
+        open_cross_attention(model)  # a trained projection lets the speech in
         assert not torch.allclose(model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask)), expected, atol=1e-4)
+
+
+def reorder_segments(batch, row, order):
+    """The batch with the speech segments of one row put in another order (lengths follow their audio)."""
+    lengths = [int(n) for n in batch["speech_segments"][row] if n > 0]
+    pieces = list(torch.split(batch["speech"][row, : sum(lengths)], lengths))
+    reordered = dict(batch, speech=batch["speech"].clone(), speech_segments=batch["speech_segments"].clone())
+    reordered["speech"][row, : sum(lengths)] = torch.cat([pieces[i] for i in order])
+    reordered["speech_segments"][row, : len(lengths)] = torch.tensor([lengths[i] for i in order])
+    return reordered
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_order_of_the_speech_segments_matters(tiny_models, arch):
+    """Which audio is the current utterance must reach the model: with the encoder-decoder's memory an
+    unordered set (no segment identity) the loss was the same for every order of history and current speech."""
+    model = build(tiny_models, arch, "asr_long").eval()
+    if arch == "encoder_decoder":
+        open_cross_attention(model)
+    batch = batch_for(model, ROWS[:1])
+    with torch.no_grad():
+        losses = [float(model(**reorder_segments(batch, 0, order))[0]) for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0))]
+    # float32 rounding of a loss near 8 is about 1e-6
+    assert min(abs(a - b) for a, b in zip(losses, losses[1:] + losses[:1])) > 1e-5, losses
+
+
+def test_decoder_only_prompt_separates_the_segments(tiny_models):
+    model = build(tiny_models, "decoder_only", "asr_long")
+    batch = batch_for(model, ROWS)
+    memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    prompts = model.prompt_embeddings(memory, lengths, segments)
+    sep = model.llm.embed(torch.tensor([model.layout.sep_id]))[0]
+    for b, history in enumerate(r[3] for r in ROWS):
+        speech = prompts[b][len(model.layout.prefix_ids): -len(model.layout.suffix_ids)]
+        is_sep = [i for i in range(len(speech)) if torch.equal(speech[i], sep)]
+        assert len(speech) == int(lengths[b]) + len(history) and len(is_sep) == len(history)
+        # each separator closes a history segment: the frames before it are that segment's, in time order
+        ends = torch.tensor([int(n) for n in batch["speech_segments"][b] if n > 0]).cumsum(0)
+        frames_per_sample = int(lengths[b]) / int(ends[-1])
+        assert [round(i - k) for k, i in enumerate(is_sep)] == [round(int(e) * frames_per_sample) for e in ends[:-1]]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_current_utterance_accuracy_and_speech_reliance(tiny_models, arch):
+    model = build(tiny_models, arch, "asr_long").eval()
+    batch = batch_for(model, ROWS)
+    memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    targets = [batch["text"][b, : batch["text_lengths"][b]] for b in range(2)]
+    _, labels = model.teacher_forced_states(memory, lengths, targets, segments)
+    current = model.current_utterance_mask(labels)
+    # row 0: "你好 <sep> 今天 <sep> 北京欢迎你 </s>": only the last transcript and the end token; row 1: all
+    expected = [model.layout.tokenizer.encode("北京欢迎你") + [model.layout.eos_id], targets[1].tolist()]
+    assert [labels[b][current[b]].tolist() for b in range(2)] == expected
+    with torch.no_grad():
+        loss, stats, _ = model(**batch)
+        assert float(stats["loss_other_speech"]) - float(loss) == pytest.approx(float(stats["speech_reliance"]), abs=1e-5)
+        single = {k: (v[:1] if k != "utt_id" else v[:1]) for k, v in batch.items()}
+        assert model(**single)[1]["speech_reliance"] is None  # no other row to borrow speech from
+    model.train()
+    assert "speech_reliance" not in model(**batch)[1]  # measured on the validation set only
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_loss_covers_exactly_target_and_end_token(tiny_models, arch):
     model = build(tiny_models, arch, "ner")
     batch = batch_for(model, ROWS)
-    memory, memory_lengths = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    memory, memory_lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
     targets = [batch["text"][b, : batch["text_lengths"][b]] for b in range(2)]
-    hidden, labels = model.teacher_forced_states(memory, memory_lengths, targets)
+    hidden, labels = model.teacher_forced_states(memory, memory_lengths, targets, segments)
     for b, target in enumerate(targets):
         scored = labels[b][labels[b] != IGNORE]
         assert scored.tolist() == target.tolist()
@@ -117,7 +187,7 @@ def test_loss_covers_exactly_target_and_end_token(tiny_models, arch):
         # the scored positions are the last len(target) real positions of the row
         real = len(model.layout.prefix_ids) + len(model.layout.suffix_ids) + len(target)
         if arch == "decoder_only":
-            real += int(memory_lengths[b])
+            real += int(memory_lengths[b]) + len(ROWS[b][3])  # speech embeddings and the separators after history
         assert (labels[b][:real] != IGNORE).sum() == len(target) and (labels[b][real:] == IGNORE).all()
     loss, _, _ = model(**batch)
     manual = torch.nn.functional.cross_entropy(
@@ -135,9 +205,9 @@ def test_padding_does_not_leak(tiny_models, arch):
         # training: right padding
         loss_alone, _, _ = model(**batch_for(model, short, seed=1))
         both = batch_for(model, short + longer, seed=1)
-        memory, lengths = model.encode_speech(both["speech"], both["speech_lengths"])
+        memory, lengths, segments = model.encode_speech(both["speech"], both["speech_lengths"])
         targets = [both["text"][b, : both["text_lengths"][b]] for b in range(2)]
-        hidden, labels = model.teacher_forced_states(memory, lengths, targets)
+        hidden, labels = model.teacher_forced_states(memory, lengths, targets, segments)
         row0 = torch.nn.functional.cross_entropy(
             model.llm.logits(hidden[0, :-1][labels[0, 1:] != IGNORE]), labels[0, 1:][labels[0, 1:] != IGNORE]
         )

@@ -2,21 +2,24 @@
 
 It lets the whole recipe run anywhere. The text is the shipped AISHELL-NER dev transcript
 (Apache-2.0, ``espnet_llm.resources``): scripts that are real runs of consecutive sentences of
-one speaker (consecutive ``W`` numbers, so historical context is real), drawn among the shorter
-runs that espeak-ng reads wholly in Mandarin (it reads Latin letters, and a few syllables such as
-凶 and 穷, in English). Each speaker is voiced by one espeak-ng 1.52 Mandarin variant
-(``mandarin_tts``) chosen by its speaker number, so
-the mapping is the same for every seed; speakers are picked round-robin over the voices and dev
-and test speakers are held out only where another speaker of the same voice stays in training.
+one AISHELL speaker, the richest in entities among the runs no longer than the median that
+espeak-ng reads wholly in Mandarin (it reads Latin letters, and a few syllables such as 凶 and
+穷, in English), one script per source speaker. Each speaker is voiced by one espeak-ng 1.52
+Mandarin variant (``mandarin_tts``) chosen by its speaker number, so the mapping is the same for
+every seed; speakers are picked round-robin over the voices and dev and test speakers are held
+out only where another speaker of the same voice stays in training.
 
 Training speakers read in groups of ``readers_per_script`` voices, each group one script, and
 each dev and test speaker reads a training script in a voice that never read it in training:
 the held-out sets measure whether a model hears which sentence is spoken by a voice it has not
-heard say it. With 0.4 h of speech no model learns Mandarin for new sentences (on held-out
-text every system, the Conformer included, stayed near 100% CER), so the mini corpus checks
-that the recipe learns from speech; its figures say nothing about AISHELL-1. Every sentence's
-phonemes are checked before anything is written: a voice that leaves Mandarin for any part of a
-sentence is refused, naming it. Output, deterministic for a seed and libespeak-ng version::
+heard say it. Every reader reads its script in an order of its own (its W numbers follow its
+reading order), so a speaker's previous utterances are real context but do not tell which
+sentence comes next: a long-form model must listen to the current utterance. With 0.4 h of
+speech no model learns Mandarin for new sentences (on held-out text every system, the Conformer
+included, stayed near 100% CER), so the mini corpus checks that the recipe learns from speech;
+its figures say nothing about AISHELL-1. Every sentence's phonemes are checked before anything
+is written: a voice that leaves Mandarin for any part of a sentence is refused, naming it.
+Output, deterministic for a seed and libespeak-ng version::
 
     <output_dir>/data_aishell/wav/{train,dev,test}/<SPK>/<uttid>.wav     16 kHz mono 16-bit
     <output_dir>/data_aishell/transcript/aishell_transcript_v0.8.txt     word-spaced like AISHELL-1
@@ -43,7 +46,7 @@ from espnet_llm.data_prep.mandarin_tts import LanguageSwitchError, MandarinSpeak
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked
 
-BUILD_VERSION = 3  # bump when the output for a given configuration changes
+BUILD_VERSION = 4  # bump when the output for a given configuration changes
 SAMPLE_RATE = 16000
 SETS = ("train", "dev", "test")
 
@@ -136,23 +139,44 @@ def spoken_text(sentence: Sentence) -> str:
     return normalize_transcript(parse_marked(sentence.marked)[0])
 
 
-def choose_run(sentences: list[Sentence], length: int, rng: random.Random, tts: MandarinSpeaker) -> list[Sentence]:
-    """A run of `length` consecutive sentences that espeak-ng reads in Mandarin, drawn among the shortest
-    quarter of all such runs."""
-    foreign = [s for s in sentences if tts.other_languages(spoken_text(s), VOICES[0])]
-    foreign_set = set(foreign)
-    runs = [i for i in range(len(sentences) - length + 1)
-            if sentences[i + length - 1].index - sentences[i].index == length - 1
-            and foreign_set.isdisjoint(sentences[i:i + length])]
-    if not runs:
-        example = f" (e.g. {foreign[0].uttid} '{spoken_text(foreign[0])}': " \
-                  f"{tts.phonemes(spoken_text(foreign[0]), VOICES[0])})" if foreign else ""
-        raise ValueError(f"speaker {sentences[0].speaker} has no {length} consecutive sentences that "
-                         f"libespeak-ng {tts.version} reads in Mandarin{example}")
-    chars = {i: sum(len(s.marked) for s in sentences[i:i + length]) for i in runs}
-    cutoff = sorted(chars.values())[len(runs) // 4]
-    start = rng.choice([i for i in runs if chars[i] <= cutoff])
-    return sentences[start:start + length]
+def choose_scripts(by_speaker: dict[str, list[Sentence]], count: int, length: int,
+                   tts: MandarinSpeaker) -> list[list[Sentence]]:
+    """`count` runs of `length` consecutive sentences, of different source speakers, that espeak-ng reads in
+    Mandarin: the richest in entities among the runs no longer (in characters) than the median run, so that
+    the held-out sets, which read these scripts, hold enough entities for NER F1 to mean something."""
+    runs = [sentences[i:i + length] for sentences in by_speaker.values() for i in range(len(sentences) - length + 1)
+            if sentences[i + length - 1].index - sentences[i].index == length - 1]
+    chars = [sum(len(s.marked) for s in run) for run in runs]
+    median = sorted(chars)[len(chars) // 2] if chars else 0
+    short = [run for run, n in zip(runs, chars) if n <= median]
+    ranked = sorted(short, key=lambda run: (-sum(len(parse_marked(s.marked)[1]) for s in run), run[0].uttid))
+    foreign: dict[str, bool] = {}  # checked lazily: most sentences are never candidates
+
+    def in_mandarin(sentence: Sentence) -> bool:
+        if sentence.uttid not in foreign:
+            foreign[sentence.uttid] = bool(tts.other_languages(spoken_text(sentence), VOICES[0]))
+        return not foreign[sentence.uttid]
+
+    chosen: list[list[Sentence]] = []
+    used: set[str] = set()
+    for run in ranked:
+        if len(chosen) == count:
+            break
+        if run[0].speaker not in used and all(in_mandarin(s) for s in run):
+            chosen.append(run)
+            used.add(run[0].speaker)
+    if len(chosen) < count:
+        raise ValueError(f"the transcript has {len(chosen)} speakers with {length} consecutive sentences that "
+                         f"libespeak-ng {tts.version} reads in Mandarin, {count} are needed: lower "
+                         f"utts_per_speaker or the number of scripts")
+    return chosen
+
+
+def reading_order(speaker: str, script: list[Sentence], rng: random.Random) -> list[Sentence]:
+    """The script as one speaker reads it: in an order of its own, numbered (W) in that order."""
+    order = rng.sample(script, len(script))
+    first = script[0].index
+    return [Sentence(f"BAC009{speaker}W{first + k:04d}", speaker, first + k, s.marked) for k, s in enumerate(order)]
 
 
 def word_spaced(marked: str, rng: random.Random) -> str:
@@ -219,8 +243,8 @@ def is_built(output_dir: Path, config: MiniCorpusConfig) -> bool:
 
 def select_sentences(config: MiniCorpusConfig, tts: MandarinSpeaker) -> dict[str, list[Sentence]]:
     """The sentences of each set. Training speakers read in groups of ``readers_per_script`` (of different
-    voices), each group one real run of its first speaker; each dev and test speaker reads the run of a
-    group with no speaker of its voice. Every speaker uses its own ids with the run's W numbers."""
+    voices), each group one script; each dev and test speaker reads the script of a group with no speaker of
+    its voice. Every speaker reads in its own order, with its own ids."""
     rng = random.Random(config.seed)
     by_speaker = read_sentences()
     split = choose_speakers(list(by_speaker), config, rng)
@@ -228,12 +252,9 @@ def select_sentences(config: MiniCorpusConfig, tts: MandarinSpeaker) -> dict[str
     by_voice = [[spk for spk in split["train"] if speaker_voice(spk) == voice] for voice in VOICES]
     train = [spk for rank in zip_longest(*by_voice) for spk in rank if spk]
     groups = [train[i:i + config.readers_per_script] for i in range(0, len(train), config.readers_per_script)]
-    scripts = [choose_run(by_speaker[group[0]], config.utts_per_speaker, rng, tts) for group in groups]
-
-    def read(speaker: str, script: list[Sentence]) -> list[Sentence]:
-        return [Sentence(f"BAC009{speaker}W{s.index:04d}", speaker, s.index, s.marked) for s in script]
-
-    chosen = {"train": [s for group, script in zip(groups, scripts) for spk in group for s in read(spk, script)]}
+    scripts = choose_scripts(by_speaker, len(groups), config.utts_per_speaker, tts)
+    chosen = {"train": [s for group, script in zip(groups, scripts) for spk in group
+                        for s in reading_order(spk, script, rng)]}
     order = rng.sample(range(len(groups)), len(groups))  # spread the held-out speakers over the scripts
     for subset in ("dev", "test"):
         chosen[subset] = []
@@ -245,7 +266,7 @@ def select_sentences(config: MiniCorpusConfig, tts: MandarinSpeaker) -> dict[str
                                  f"lower readers_per_script ({config.readers_per_script}) or add speakers")
             order.remove(fits[0])
             order.append(fits[0])
-            chosen[subset] += read(speaker, scripts[fits[0]])
+            chosen[subset] += reading_order(speaker, scripts[fits[0]], rng)
     return chosen
 
 

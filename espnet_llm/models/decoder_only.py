@@ -1,4 +1,5 @@
-"""Decoder-only speech LLM: adapted Whisper frames sit in the ChatGLM3 prompt, before the task token."""
+"""Decoder-only speech LLM: adapted Whisper frames sit in the ChatGLM3 prompt, before the task token; the
+speech of each history utterance is followed by ``<|sep|>``, as its transcript is in the target."""
 from __future__ import annotations
 
 import contextlib
@@ -9,15 +10,25 @@ from espnet_llm.models.speech_llm import SpeechLLM
 
 
 class DecoderOnlySpeechLLM(SpeechLLM):
-    """``[gMASK] sop <|user|> {speech embeddings} <|task|> <|assistant|> {target} </s>``."""
+    """``[gMASK] sop <|user|> {speech of h1} <|sep|> ... {speech of the current utterance} <|task|> <|assistant|>
+    {target} </s>``."""
 
     def __init__(self, speech_encoder, adapter, llm, layout, **kwargs):
         if adapter is None:
             raise ValueError("the decoder-only model needs an adapter into the LLM's hidden size")
         super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
 
-    def speech_in_prompt(self, feats: torch.Tensor) -> torch.Tensor:
-        return feats.to(self.llm.causal_lm.dtype)
+    def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        feats = feats.to(self.llm.causal_lm.dtype)
+        ends = (segments[1:] != segments[:-1]).nonzero().flatten().tolist()  # the last frame of each history segment
+        if not ends:
+            return feats
+        sep = self.llm.embed(torch.tensor([self.layout.sep_id], device=feats.device)).to(feats.dtype)
+        pieces, start = [], 0
+        for end in ends:
+            pieces += [feats[start:end + 1], sep]
+            start = end + 1
+        return torch.cat(pieces + [feats[start:]])
 
-    def attending_to(self, memory, memory_lengths, repeat: int = 1):
+    def attending_to(self, memory, memory_lengths, memory_segments, repeat: int = 1):
         return contextlib.nullcontext()

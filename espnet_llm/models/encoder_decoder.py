@@ -1,6 +1,8 @@
 """Encoder-decoder speech LLM: ChatGLM3 layers cross-attend to Whisper features through tanh gates.
 
-No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``.
+No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``. The memory holds the
+history utterances and the current one; attention ignores the order of its keys, so a learned embedding of each
+frame's segment (counted back from the current utterance) is added to the memory before the keys and values.
 """
 from __future__ import annotations
 
@@ -22,12 +24,16 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         cross_attention_layers: list[int] | None = None,
         attention_size: int | None = None,
         num_heads: int | None = None,
+        initial_gate: float = 1.0,
+        max_segments: int = 8,
         **kwargs,
     ):
         """cross_attention_layers: LLM layer indices to give a cross-attention block (None: every layer).
 
         attention_size: width of the cross-attention (default: the speech memory's width);
-        num_heads: its heads (default: attention_size / 64, Whisper's head size).
+        num_heads: its heads (default: attention_size / 64, Whisper's head size);
+        initial_gate: the gates' parameter before training (see GatedCrossAttention);
+        max_segments: segment embeddings learned; older history segments share the last one.
         """
         super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
         memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
@@ -36,20 +42,23 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         layers = llm.decoder_layers
         chosen = range(len(layers)) if cross_attention_layers is None else cross_attention_layers
         self.memory = SpeechMemory()
+        self.segment_embedding = torch.nn.Embedding(max_segments, memory_size)
         hidden = llm.hidden_size
         eps = llm.config.rms_norm_eps
         for i in chosen:
-            block = GatedCrossAttention(hidden, memory_size, attention_size, num_heads, eps)
+            block = GatedCrossAttention(hidden, memory_size, attention_size, num_heads, eps, initial_gate)
             block.to(device=next(layers[i].parameters()).device)
             layers[i] = CrossAttendingDecoderLayer(layers[i], block, self.memory)
         self.cross_attention_layers = list(chosen)
 
-    def speech_in_prompt(self, feats: torch.Tensor) -> torch.Tensor:
+    def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         return feats[:0].new_zeros(0, self.llm.hidden_size).to(self.llm.causal_lm.dtype)
 
     @contextlib.contextmanager
-    def attending_to(self, memory, memory_lengths, repeat: int = 1):
+    def attending_to(self, memory, memory_lengths, memory_segments, repeat: int = 1):
         mask = torch.arange(memory.shape[1], device=memory.device)[None] < memory_lengths[:, None]
+        segments = memory_segments.clamp(max=self.segment_embedding.num_embeddings - 1)
+        memory = memory + self.segment_embedding(segments).to(memory.dtype)
         # beam search runs beam_size copies of each row side by side (transformers' repeat_interleave)
         self.memory.set(memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0))
         try:

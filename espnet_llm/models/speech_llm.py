@@ -48,14 +48,17 @@ class SpeechLLM(AbsESPnetModel):
 
     # ---------------------------------------------------------------- speech
     def encode_speech(self, speech, speech_lengths, segment_lengths=None):
-        """-> memory (B, S, D), memory_lengths (B,): the encoded (and adapted) segments of each row, joined."""
-        pieces, owner = [], []
+        """-> memory (B, S, D), memory_lengths (B,), memory_segments (B, S): the encoded (and adapted) segments
+        of each row, joined, and each frame's segment counted back from the current utterance (0; the one
+        before it 1, ...), which tells the models which audio is the current utterance."""
+        pieces, owner, back = [], [], []
         for b in range(speech.shape[0]):
             lens = [int(speech_lengths[b])] if segment_lengths is None else [int(x) for x in segment_lengths[b] if x > 0]
             start = 0
-            for n in lens:
+            for i, n in enumerate(lens):
                 pieces.append(speech[b, start:start + n])
                 owner.append(b)
+                back.append(len(lens) - 1 - i)
                 start += n
         if not pieces:
             raise ValueError("no speech in the batch")
@@ -66,11 +69,15 @@ class SpeechLLM(AbsESPnetModel):
         if self.adapter is not None:
             feats, feat_lengths = self.adapter(feats, feat_lengths)
         rows: list[list[torch.Tensor]] = [[] for _ in range(speech.shape[0])]
+        row_segments: list[list[torch.Tensor]] = [[] for _ in range(speech.shape[0])]
         for i, b in enumerate(owner):
-            rows[b].append(feats[i, : int(feat_lengths[i])])
+            n = int(feat_lengths[i])
+            rows[b].append(feats[i, :n])
+            row_segments[b].append(torch.full((n,), back[i], dtype=torch.long, device=speech.device))
         joined = [torch.cat(r) for r in rows]
         memory = pad_sequence(joined, batch_first=True)
-        return memory, torch.tensor([len(j) for j in joined], device=speech.device)
+        segments = pad_sequence([torch.cat(r) for r in row_segments], batch_first=True)
+        return memory, torch.tensor([len(j) for j in joined], device=speech.device), segments
 
     def drop_broken(self, utt_id, speech_lengths) -> torch.Tensor:
         """Indices of the usable rows; logs the broken ones by id."""
@@ -100,40 +107,66 @@ class SpeechLLM(AbsESPnetModel):
         if len(keep) == 0:
             # every parameter still takes part, so DDP's gradient all-reduce stays in step
             loss = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return force_gatherable((loss, {"loss": None, "acc": None}, torch.tensor(0)), loss.device)
+            return force_gatherable((loss, {"loss": None, "acc": None, "acc_current": None}, torch.tensor(0)), loss.device)
         speech, speech_lengths = speech[keep], speech_lengths[keep]
         text, text_lengths = text[keep], text_lengths[keep]
         if speech_segments is not None:
             speech_segments = speech_segments[keep]
-        memory, memory_lengths = self.encode_speech(speech, speech_lengths, speech_segments)
+        memory, memory_lengths, memory_segments = self.encode_speech(speech, speech_lengths, speech_segments)
         targets = [text[b, : int(text_lengths[b])] for b in range(len(keep))]
-        hidden, labels = self.teacher_forced_states(memory, memory_lengths, targets)
+        loss, acc, acc_current = self.target_loss(memory, memory_lengths, memory_segments, targets)
+        stats = {"loss": loss.detach(), "acc": acc, "acc_current": acc_current}
+        if not self.training:
+            stats.update(self.speech_reliance(loss, memory, memory_lengths, memory_segments, targets))
+        return force_gatherable((loss, stats, torch.tensor(len(keep))), loss.device)
+
+    def target_loss(self, memory, memory_lengths, memory_segments, targets):
+        """-> cross-entropy over the target tokens, their accuracy, and the accuracy on the current utterance's
+        tokens alone (after the last separator): in long form two thirds of a target are the history's
+        transcripts, which the prompt's own history makes easy, so checkpoints are chosen on the latter."""
+        hidden, labels = self.teacher_forced_states(memory, memory_lengths, targets, memory_segments)
         # states at position t predict the token at t + 1; only target positions are scored
         hidden, labels = hidden[:, :-1], labels[:, 1:]
         scored = labels != IGNORE
         logits = self.llm.logits(hidden[scored]).float()
         gold = labels[scored]
         loss = nn.functional.cross_entropy(logits, gold)
-        acc = (logits.argmax(-1) == gold).float().mean()
-        stats = {"loss": loss.detach(), "acc": acc.detach()}
-        return force_gatherable((loss, stats, torch.tensor(len(keep))), loss.device)
+        correct = (logits.argmax(-1) == gold).float()
+        current = self.current_utterance_mask(labels)[scored]
+        return loss, correct.mean().detach(), correct[current].mean().detach()
+
+    def current_utterance_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, L) True at the target tokens that come after the row's last separator (all of them without one)."""
+        is_sep = (labels == self.layout.sep_id).long()
+        seps_after = is_sep.flip(1).cumsum(1).flip(1)  # separators at or after each position
+        return (labels != IGNORE) & (seps_after == 0)
+
+    @torch.no_grad()
+    def speech_reliance(self, loss, memory, memory_lengths, memory_segments, targets) -> dict:
+        """The same loss with each row given the next row's speech (rolled within the batch): a model that
+        listens does much worse on speech that is not its own. None for a batch of one row."""
+        if memory.shape[0] < 2:
+            return {"loss_other_speech": None, "speech_reliance": None}
+        rolled = [t.roll(1, 0) for t in (memory, memory_lengths, memory_segments)]
+        other, _, _ = self.target_loss(*rolled, targets)
+        return {"loss_other_speech": other.detach(), "speech_reliance": (other - loss).detach()}
 
     def collect_feats(self, speech, speech_lengths, **kwargs):
         return {"feats": speech, "feats_lengths": speech_lengths}
 
-    def prompt_embeddings(self, memory, memory_lengths) -> list[torch.Tensor]:
+    def prompt_embeddings(self, memory, memory_lengths, memory_segments) -> list[torch.Tensor]:
         """Each row's prompt as embeddings (P_b, H)."""
         device = memory.device
         prefix = self.llm.embed(torch.tensor(self.layout.prefix_ids, device=device))
         suffix = self.llm.embed(torch.tensor(self.layout.suffix_ids, device=device))
         return [
-            torch.cat([prefix, self.speech_in_prompt(memory[b, : int(memory_lengths[b])]), suffix])
-            for b in range(memory.shape[0])
+            torch.cat([prefix, self.speech_in_prompt(memory[b, :n], memory_segments[b, :n]), suffix])
+            for b, n in enumerate(memory_lengths.tolist())
         ]
 
-    def teacher_forced_states(self, memory, memory_lengths, targets):
+    def teacher_forced_states(self, memory, memory_lengths, targets, memory_segments):
         """Right-padded [prompt | target] through the LLM -> states (B, L, H) and labels (B, L)."""
-        prompts = self.prompt_embeddings(memory, memory_lengths)
+        prompts = self.prompt_embeddings(memory, memory_lengths, memory_segments)
         rows, labels = [], []
         for prompt, target in zip(prompts, targets):
             rows.append(torch.cat([prompt, self.llm.embed(target)]))
@@ -141,23 +174,23 @@ class SpeechLLM(AbsESPnetModel):
         embeds = pad_sequence(rows, batch_first=True)
         labels = pad_sequence(labels, batch_first=True, padding_value=IGNORE)
         mask = pad_sequence([torch.ones(len(r), dtype=torch.long, device=embeds.device) for r in rows], batch_first=True)
-        with self.attending_to(memory, memory_lengths):
+        with self.attending_to(memory, memory_lengths, memory_segments):
             return self.llm.hidden_states(embeds, mask), labels
 
     # ---------------------------------------------------------------- architecture hooks
     @abstractmethod
-    def speech_in_prompt(self, feats: torch.Tensor) -> torch.Tensor:
+    def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """The speech embeddings a row puts in its prompt (none for the encoder-decoder)."""
 
     @abstractmethod
-    def attending_to(self, memory, memory_lengths, repeat: int = 1):
+    def attending_to(self, memory, memory_lengths, memory_segments, repeat: int = 1):
         """A context in which the LLM sees the speech memory (a no-op for the decoder-only model)."""
 
     # ---------------------------------------------------------------- decoding
-    def left_padded_prompts(self, memory, memory_lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_padded_prompts(self, memory, memory_lengths, memory_segments) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts as embeddings (B, P, H) and attention mask (B, P), left-padded: every row's last prompt
         token sits at the same place, where generation continues."""
-        prompts = self.prompt_embeddings(memory, memory_lengths)
+        prompts = self.prompt_embeddings(memory, memory_lengths, memory_segments)
         width = max(len(p) for p in prompts)
         embeds = torch.stack([nn.functional.pad(p, (0, 0, width - len(p), 0)) for p in prompts])
         mask = torch.stack(
@@ -165,12 +198,12 @@ class SpeechLLM(AbsESPnetModel):
         ).long().to(embeds.device)
         return embeds, mask
 
-    def prompt_cache(self, embeds, mask, memory, memory_lengths, beam_size: int):
+    def prompt_cache(self, embeds, mask, memory, memory_lengths, memory_segments, beam_size: int):
         """The KV cache of the prompt but its last position, run through the LLM for the B rows once and repeated
         for the beams. Left alone, transformers' beam search repeats the prompt (with the decoder-only model's
         speech embeddings) beam_size times before running it. The last position is left to generate, whose
         first step needs its logits."""
-        with self.attending_to(memory, memory_lengths):
+        with self.attending_to(memory, memory_lengths, memory_segments):
             cache = self.llm.causal_lm.model(
                 inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
                 use_cache=True,
@@ -192,14 +225,14 @@ class SpeechLLM(AbsESPnetModel):
 
         Returns per row (generated ids, log-probability, parsed output); broken rows must be removed before.
         """
-        memory, memory_lengths = self.encode_speech(speech, speech_lengths, speech_segments)
-        embeds, mask = self.left_padded_prompts(memory, memory_lengths)
+        memory, memory_lengths, memory_segments = self.encode_speech(speech, speech_lengths, speech_segments)
+        embeds, mask = self.left_padded_prompts(memory, memory_lengths, memory_segments)
         cache = None  # greedy search runs the prompt for the B rows anyway
         if beam_size > 1 and self.prefill_prompt_once:
-            cache = self.prompt_cache(embeds, mask, memory, memory_lengths, beam_size)
+            cache = self.prompt_cache(embeds, mask, memory, memory_lengths, memory_segments, beam_size)
         # the embedding rows past the tokenizer (ChatGLM3 pads 64,802 tokens to 65,024) are no tokens
         rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
-        with self.attending_to(memory, memory_lengths, repeat=beam_size):
+        with self.attending_to(memory, memory_lengths, memory_segments, repeat=beam_size):
             out = self.llm.model.generate(
                 suppress_tokens=rows_without_token or None,
                 inputs_embeds=embeds,

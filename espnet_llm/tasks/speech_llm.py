@@ -20,7 +20,6 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
 from espnet2.train.dataset import ESPnetDataset
-from espnet2.train.trainer import Trainer
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 from torch import nn
@@ -34,6 +33,7 @@ from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, whisper_config, whisper_encoder_on_meta
+from espnet_llm.tasks.phase_trainer import PhaseTrainer
 from espnet_llm.tasks.preprocessor import FaultTolerantLoader, SpeechLLMPreprocessor
 
 model_choices = ClassChoices(
@@ -68,7 +68,7 @@ class WhisperArchitecture(nn.Module):
 class SpeechLLMTask(AbsTask):
     num_optimizers: int = 1
     class_choices_list = [model_choices, speech_encoder_choices, adapter_choices, llm_choices]
-    trainer = Trainer
+    trainer = PhaseTrainer  # ESPnet's, able to continue the previous phase's optimiser and LR schedule
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):

@@ -69,7 +69,8 @@ dry_run=false         # stage 11 only builds each model (the LLMs at full size o
 # Decoding (stage 12)
 inference_config=     # empty: ${conf_dir}/decode_asr_conformer.yaml (conformer), decode_speech_llm.yaml (LLMs)
 inference_args=       # more decoding options, e.g. "--beam_size 1"
-inference_model=valid.acc.ave.pth  # the checkpoint of a run that is decoded, and that the next phase starts from
+inference_model=valid.acc_current.ave.pth  # a speech LLM's checkpoint that is decoded, and that the next phase starts from
+conformer_model=valid.acc.ave.pth          # the baseline's (it has no current-utterance accuracy: no history)
 inference_nj=         # parallel decoding jobs per set (the sets of a run are decoded at the same time);
                       # empty: 1 for model_size tiny (startup dominates), 8 for full
 gpu_inference=false   # decode with one GPU per job, through cuda_cmd
@@ -125,7 +126,7 @@ Options (--foo_bar and --foo-bar are the same; defaults in brackets):
   --dry_run                   stage 11 checks the configs, without training [${dry_run}]
   --inference_config          decoding config ['${inference_config}']
   --inference_args            more decoding options ['${inference_args}']
-  --inference_model           checkpoint to decode and to start the next phase from [${inference_model}]
+  --inference_model           speech LLM checkpoint to decode and to start the next phase from [${inference_model}]
   --inference_nj              decoding jobs per set; empty: 1 (tiny), 8 (full) ['${inference_nj}']
   --gpu_inference             decode on GPUs [${gpu_inference}]
   --config <file>             read options from a file of name=value lines
@@ -669,7 +670,8 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
                     log "Error: ${system}/${phase} starts from ${_from}, which does not exist: train the previous phase first"
                     return 1
                 fi
-                _opts+=" --init_param ${_from}"
+                # the weights of the previous phase, and its optimiser and LR schedule continued
+                _opts+=" --init_param ${_from} --continue_schedule_from ${expdir}/${system}/${_previous}/checkpoint.pth"
             fi
             log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
             if uses_feature_cache "${system}" && ! "${dry_run}"; then
@@ -769,7 +771,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
                     --data_path_and_name_and_type "${data}/wav.scp,speech,sound" \
                     --key_file "${logdir}/keys.JOB.scp" \
                     --asr_train_config "${dir}/config.yaml" \
-                    --asr_model_file "${dir}/${inference_model}" \
+                    --asr_model_file "${dir}/${conformer_model}" \
                     --output_dir "${logdir}/output.JOB" \
                     --config "${config}" ${inference_args}
         else
@@ -804,8 +806,10 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         _dir=${expdir}/${system}/${phase}
-        if [ ! -f "${_dir}/${inference_model}" ]; then
-            log "Error: ${_dir}/${inference_model} not found: train ${system}/${phase} first (stage 11)"
+        _model_file=${inference_model}
+        [ "${system}" = conformer ] && _model_file=${conformer_model}
+        if [ ! -f "${_dir}/${_model_file}" ]; then
+            log "Error: ${_dir}/${_model_file} not found: train ${system}/${phase} first (stage 11)"
             exit 1
         fi
         if [ "${system}" = conformer ]; then
