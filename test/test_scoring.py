@@ -246,6 +246,37 @@ def test_results_md_lists_how_much_each_run_listens(tmp_path, cer_case):
     assert "|encoder_decoder|long|4|0.320|0.160|15.000|19.000|4.000|" in table and "conformer" not in table
 
 
+def test_results_md_counts_the_parser_repairs_of_each_decoding(tmp_path, cer_case):
+    ref, hyp = cer_case
+    exp = tmp_path / "exp"
+    jobs = {  # decoding jobs' parse_repairs.json (run.sh: decode_<set>/logdir/output.<n>/), summed per set
+        ("decoder_only", "cot", "dev"): [
+            {"utterances": 4, "broken": 0, "with_problems": 2, "problems": {"truncated": 1, "repetition": 1}},
+            {"utterances": 3, "broken": 1, "with_problems": 1, "problems": {"truncated": 1, "ner_fallback_text": 1}},
+        ],
+        ("decoder_only", "cot", "test"): [{"utterances": 7, "broken": 0, "with_problems": 0, "problems": {}}],
+    }
+    for system, phase, data_set in [("conformer", "asr", "dev"), *jobs]:
+        decode = exp / system / phase / f"decode_{data_set}"
+        score_cer(ref, hyp, decode / "score_cer", backend="fallback")
+        for n, counts in enumerate(jobs.get((system, phase, data_set), []), 1):
+            (decode / "logdir" / f"output.{n}").mkdir(parents=True)
+            (decode / "logdir" / f"output.{n}" / "parse_repairs.json").write_text(json.dumps(counts))
+    out = tmp_path / "RESULTS.md"
+    summary = write_results(exp, out)
+    text = out.read_text(encoding="utf-8")
+    assert summary in text and "|conformer|asr|41.2|" in summary  # the summary stays as it was
+    table = text.split("## Parser repairs\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert rows == [
+        "|system|phase|set|utterances|repaired|truncated|repetition|ner_fallback_text|",
+        "|---|---|---|---|---|---|---|---|",
+        "|decoder_only|cot|dev|7|3|2|1|1|",  # the conformer has no parser: no row
+        "|decoder_only|cot|test|7|0|0|0|0|",
+    ]
+    assert "- `truncated`: no end token within max_new_tokens" in table
+
+
 def test_results_without_scores_is_an_error(tmp_path):
     (tmp_path / "exp").mkdir()
     with pytest.raises(FileNotFoundError, match="no decode_<set>"):

@@ -10,7 +10,7 @@ import soundfile
 import torch
 
 from espnet_llm.llm.chatglm3 import load_chatglm3
-from espnet_llm.models.prompts import PromptLayout
+from espnet_llm.models.prompts import ANSWER_MARGIN, PROBLEM_KINDS, PromptLayout
 from espnet_llm.models.speech_llm import IGNORE
 from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
@@ -272,21 +272,109 @@ def test_history_resolved_from_the_data_directory(tiny_models, tmp_path):
         layout.ner_id] + tokenizer.encode("(北京)") + [layout.eos_id]
 
 
-def test_parser_reads_back_and_never_fails(tiny_models):
+def layout_of(tiny_models, task):
     from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 
-    tokenizer = ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model")
-    ner = PromptLayout(tokenizer, "ner")
-    good = ner.parse(ner.target_ids("张三在北京", "[张三]在(北京)", ["你好"]))
+    return PromptLayout(ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model"), task)
+
+
+def test_parser_reads_back_and_never_fails(tiny_models):
+    ner = layout_of(tiny_models, "ner")
+    good = ner.parse(ner.target_ids("张三在北京", "[张三]在(北京)", ["你好"]), num_history=1)
     assert (good.text, good.marked, good.history, good.problems) == ("张三在北京", "[张三]在(北京)", ["你好"], [])
     assert [(e.type, e.text) for e in good.entities] == [("PER", "张三"), ("LOC", "北京")]
-    enc, sep, tag = tokenizer.encode, ner.sep_id, ner.ner_id
+    enc, sep, tag = ner.tokenizer.encode, ner.sep_id, ner.ner_id
     for ids in ([], [sep, sep], [tag], enc("[张三") + [tag] + enc("[张三)在((北"), [tag, tag, sep] + enc(">"), enc("你好")):
-        parsed = ner.parse(ids)
-        assert isinstance(parsed.text, str) and all(e.type in ("PER", "LOC", "ORG") for e in parsed.entities)
-    assert any("no <|ner|>" in p for p in ner.parse(enc("你好")).problems)
-    short = PromptLayout(tokenizer, "asr_short")
-    assert short.parse(enc("你好") + [short.eos_id] + enc("多余")).text == "你好"
+        for num_history in (0, 2):
+            parsed = ner.parse(ids, num_history)
+            assert isinstance(parsed.text, str) and all(e.type in ("PER", "LOC", "ORG") for e in parsed.entities)
+            assert all(p.kind in PROBLEM_KINDS for p in parsed.problems)
+    short = layout_of(tiny_models, "asr_short")
+    assert short.parse(enc("你好") + [short.eos_id] + enc("多余"), 0).text == "你好"
+
+
+SEP, NER = "<|sep|>", "<|ner|>"
+# (task, answer pieces, history utterances of the row, ran to max_new_tokens) -> (current text, problem kinds)
+PARSE_CASES = {
+    "well formed": (("asr_long", ["你好", SEP, "今天", SEP, "北京"], 2, False), ("北京", [])),
+    "well formed at a speaker's start": (("ner", ["北京", NER, "(北京)"], 0, False), ("北京", [])),
+    "trailing separator": (("asr_long", ["你好", SEP, "北京", SEP], 1, False), ("北京", ["trailing_separator"])),
+    "trailing separator before ner": (
+        ("ner", ["你好", SEP, "北京", SEP, NER, "(北京)"], 1, False), ("北京", ["trailing_separator"])),
+    "missing separator": (("asr_long", ["你好今天", SEP, "北京"], 2, False), ("北京", ["missing_separator"])),
+    "missing separator, the current utterance left out before ner": (
+        ("ner", ["你好", SEP, "今天", NER, "(北京)"], 2, False), ("北京", ["missing_separator", "ner_fallback_text"])),
+    "extra separator": (("asr_long", ["你好", SEP, "今天", SEP, "北京"], 1, False), ("北京", ["extra_separator"])),
+    "extra separator at a speaker's start": (("asr_long", ["你好", SEP, "北京"], 0, False), ("北京", ["extra_separator"])),
+    "extra separators of an answer that went on": (
+        ("asr_long", ["你好", SEP, "北京", SEP, "北京", SEP, "北"], 1, True),
+        ("北京", ["truncated", "extra_separator"])),
+    "truncated": (("asr_short", ["北京欢迎"], 0, True), ("北京欢迎", ["truncated"])),
+    "repetition": (("asr_short", ["北京欢迎你" + "的" * 10], 0, True), ("北京欢迎你" + "的" * 10, ["truncated", "repetition"])),
+    "repeated unit cut short": (("asr_short", ["你好" + "北京欢迎" * 3 + "北京"], 0, True), (
+        "你好" + "北京欢迎" * 3 + "北京", ["truncated", "repetition"])),
+    "a reduplication is no loop": (("asr_short", ["谢谢谢谢"], 0, False), ("谢谢谢谢", [])),
+    "nothing before ner": (("ner", [NER, "[张三]在(北京)"], 0, False), ("张三在北京", ["ner_fallback_text"])),
+    "only history and a separator before ner": (
+        ("ner", ["你好", SEP, NER, "(北京)"], 1, False),
+        ("北京", ["trailing_separator", "missing_separator", "ner_fallback_text"])),
+    "no ner token": (("ner", ["你好", SEP, "北京"], 1, False), ("北京", ["no_ner_token"])),
+    "ner token in asr": (("asr_long", ["北京", NER, "(北京)"], 0, False), ("北京", ["stray_task_token"])),
+    "nothing at all": (("asr_long", [], 2, False), ("", ["empty_current"])),
+}
+
+
+@pytest.mark.parametrize("case", PARSE_CASES)
+def test_parser_finds_the_current_utterance_and_flags_each_repair(tiny_models, case):
+    (task, pieces, num_history, truncated), (text, kinds) = PARSE_CASES[case]
+    layout = layout_of(tiny_models, task)
+    special = {SEP: layout.sep_id, NER: layout.ner_id}
+    ids = [i for piece in pieces for i in ([special[piece]] if piece in special else layout.tokenizer.encode(piece))]
+    parsed = layout.parse(ids, num_history, truncated)
+    assert (parsed.text, parsed.kinds) == (text, kinds), [str(p) for p in parsed.problems]
+    if task == "ner" and NER in pieces:
+        assert parsed.marked == pieces[-1] and parsed.entities
+
+
+def steer(model, token_ids, value):
+    """Every step's logits of ``token_ids`` set to ``value``; returns the hook's handle."""
+    def hook(module, args, logits):
+        logits[..., token_ids] = value
+        return logits
+    return model.llm.model.get_output_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_generate_tells_the_parser_each_rows_history_and_whether_it_ended(tiny_models, beam_size):
+    model = build(tiny_models, "decoder_only", "asr_long").eval()
+    batch = batch_for(model, ROWS)  # 2 history utterances, then none
+    calls = []
+    parse = model.layout.parse
+    model.layout.parse = lambda ids, num_history, truncated=False: calls.append((num_history, truncated)) or parse(
+        ids, num_history, truncated)
+    never_ends = steer(model, model.layout.stop_ids, float("-inf"))
+    out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
+                         max_new_tokens=5)
+    never_ends.remove()
+    assert calls == [(2, True), (0, True)] and all(len(ids) == 5 and "truncated" in p.kinds for ids, _, p in out)
+    calls.clear()
+    steer(model, [model.layout.eos_id], 1e4)
+    out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
+                         max_new_tokens=5)
+    assert calls == [(2, False), (0, False)] and all(ids == [] and p.kinds == ["empty_current"] for ids, _, p in out)
+
+
+def test_max_new_tokens_follows_the_speech(tiny_models):
+    from espnet_llm.bin.speech_llm_inference import token_limit
+
+    short, ner = layout_of(tiny_models, "asr_short"), layout_of(tiny_models, "ner")
+    lengths = torch.tensor([16000, 48000])  # 1 s, 3 s at 16 kHz
+    segments = torch.tensor([[16000, -1, -1], [8000, 8000, 32000]])  # the second: 2 history utterances, then 2 s
+    assert token_limit(short, lengths, None, 16000, 8.0, 200) == 8 * 3 + ANSWER_MARGIN
+    # ner: every transcript (3 s), the current one again marked (2 s), two separators
+    assert token_limit(ner, lengths, segments, 16000, 8.0, 200) == 8 * (3 + 2) + 2 + ANSWER_MARGIN
+    assert token_limit(ner, lengths, segments, 16000, 8.0, 30) == 30  # never above the configured limit
+    assert token_limit(short, lengths[:1], None, 16000, 10.0, 200) == 10 + ANSWER_MARGIN
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -2,6 +2,7 @@
 collect-stats, training, resuming and decoding past a corrupt file, and 2-process DDP (gloo) on the CPU."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -105,7 +106,8 @@ def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(ti
     )
     hyps = dict(line.split(maxsplit=1) for line in (tmp_path / "decode/1best_recog/text").read_text().splitlines())
     assert hyps == {uid: strip_marks(t) for uid, t in SENTENCES.items()}, f"after {step + 1} steps: {hyps}"
-    assert counts == {"utterances": 4, "broken": 0, "with_problems": 0}
+    assert counts == {"utterances": 4, "broken": 0, "with_problems": 0, "problems": {}}
+    assert json.loads((tmp_path / "decode/parse_repairs.json").read_text()) == counts
     assert (tmp_path / "decode/1best_recog/score").exists() and (tmp_path / "decode/1best_recog/token").exists()
 
 

@@ -2,7 +2,13 @@
 
 Writes ESPnet's ``<output_dir>/1best_recog/{text,token,score}`` and, for the NER task, ``text_ner`` (the
 current utterance with entity marks). A broken utterance (unreadable, empty, over 30 s) gets an empty
-hypothesis, is named in the log and counted; decoding goes on.
+hypothesis, is named in the log and counted; decoding goes on. An output the parser had to repair or flag is
+logged with its problems; ``<output_dir>/parse_repairs.json`` counts them: utterances, broken, with_problems,
+and per kind of problem (espnet_llm.models.prompts.PROBLEM_KINDS) the utterances that had it.
+
+A batch generates at most ``--max_new_tokens``, and fewer where its speech is short: ``--tokens_per_second``
+for each second of a row's speech (for ner the current utterance's twice: transcript and marked copy), plus
+its separators and a margin, for its longest answer; so an answer gone into a loop stops early.
 
 Batches are formed from the utterances sorted by length (longest first: little padding, and an
 out-of-memory batch shows at once); the outputs are written in the key file's order. Lengths come from
@@ -13,6 +19,7 @@ history utterances' lengths are added for the long-form tasks.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -27,6 +34,7 @@ from espnet2.utils import config_argparse
 from espnet2.utils.types import str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
+from espnet_llm.models.prompts import TOKENS_PER_SECOND, PromptLayout
 from espnet_llm.tasks.preprocessor import open_entry
 from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
 
@@ -72,6 +80,18 @@ def utterance_lengths(
     return {k: known[k] + sum(known[h] for h in history.get(k, "").split()[-num_history:]) for k in keys}
 
 
+def token_limit(
+    layout: PromptLayout, speech_lengths: torch.Tensor, segments: torch.Tensor | None, rate: float,
+    tokens_per_second: float, max_new_tokens: int,
+) -> int:
+    """max_new_tokens for a batch: what the answer of its longest row can take, never above the configured one."""
+    budgets = []
+    for b, length in enumerate(speech_lengths.tolist()):
+        lengths = [length] if segments is None else [n for n in segments[b].tolist() if n > 0]
+        budgets.append(layout.answer_budget(length / rate, lengths[-1] / rate, len(lengths) - 1, tokens_per_second))
+    return min(max_new_tokens, max(budgets))
+
+
 def inference(
     output_dir: str,
     data_path_and_name_and_type: list,
@@ -82,12 +102,13 @@ def inference(
     ngpu: int = 0,
     beam_size: int = 1,
     max_new_tokens: int = 200,
+    tokens_per_second: float = TOKENS_PER_SECOND,
     dtype: str = "float32",
     num_workers: int = 1,
     log_interval: int = 20,
     shape_file: str | None = None,
 ) -> dict:
-    """Decode every utterance; returns counts (utterances, broken, parse problems)."""
+    """Decode every utterance; returns counts (utterances, broken, parse problems and their kinds)."""
     if ngpu > 1:
         raise NotImplementedError("decode with --ngpu 0 or 1; split the data for more (ESPnet's --inference_nj)")
     device = "cuda" if ngpu > 0 else "cpu"
@@ -107,7 +128,7 @@ def inference(
         allow_variable_data_keys=True,  # text/text_ner may be given alongside, for convenience; unused
         utt2length=utterance_lengths(data_path_and_name_and_type, keys_in_order, preprocessor.num_history, shape_file),
     )
-    counts = {"utterances": 0, "broken": 0, "with_problems": 0}
+    counts = {"utterances": 0, "broken": 0, "with_problems": 0, "problems": {}}
     broken_ids, audio_seconds, start = [], 0.0, time.perf_counter()
     outputs: dict[str, dict[str, str]] = {}  # key -> file -> line, written in key order at the end
     for batch_index, (keys, batch) in enumerate(loader, 1):
@@ -117,12 +138,15 @@ def inference(
         results = {}
         if keep:
             segments = batch.get("speech_segments")
+            segments = segments[keep] if segments is not None else None
             decoded = model.generate(
                 speech[keep].to(getattr(torch, dtype)),
                 speech_lengths[keep],
-                segments[keep] if segments is not None else None,
+                segments,
                 beam_size=beam_size,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=token_limit(
+                    model.layout, speech_lengths[keep], segments, preprocessor.rate, tokens_per_second, max_new_tokens
+                ),
             )
             results = dict(zip(keep, decoded))
         for i, key in enumerate(keys):
@@ -136,7 +160,9 @@ def inference(
                 ids, score, parsed = results[i]
                 if parsed.problems:
                     counts["with_problems"] += 1
-                    logging.warning(f"utterance {key}: repaired model output: {'; '.join(parsed.problems)}")
+                    for kind in parsed.kinds:
+                        counts["problems"][kind] = counts["problems"].get(kind, 0) + 1
+                    logging.warning(f"utterance {key}: repaired model output: {'; '.join(map(str, parsed.problems))}")
             out = outputs[key] = {
                 "text": parsed.text if parsed else "",
                 "token": " ".join(tokenizer.convert_ids_to_tokens(ids)),
@@ -155,11 +181,14 @@ def inference(
         for key in keys_in_order:
             for name, value in outputs[key].items():
                 writer["1best_recog"][name][key] = value
+    with open(Path(output_dir) / "parse_repairs.json", "w", encoding="utf-8") as f:
+        json.dump(counts, f, indent=1)
     elapsed = time.perf_counter() - start
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in counts["problems"].items())
     logging.info(
         f"done: {counts['utterances']} utterances in {elapsed:.1f} s (RTF {elapsed / max(audio_seconds, 1e-9):.3f}); "
         f"{counts['broken']} broken{': ' + ' '.join(broken_ids) if broken_ids else ''}; "
-        f"{counts['with_problems']} outputs repaired by the parser"
+        f"{counts['with_problems']} outputs repaired by the parser{' (' + by_kind + ')' if by_kind else ''}"
     )
     return counts
 
@@ -189,7 +218,12 @@ def get_parser():
     group.add_argument("--speech_llm_model_file", type=str_or_none)
     group = parser.add_argument_group("Decoding related")
     group.add_argument("--beam_size", type=int, default=1, help="1: greedy search")
-    group.add_argument("--max_new_tokens", type=int, default=200)
+    group.add_argument("--max_new_tokens", type=int, default=200, help="the most tokens an answer may take")
+    group.add_argument(
+        "--tokens_per_second", type=float, default=TOKENS_PER_SECOND,
+        help="a batch's max_new_tokens: this many per second of speech (for ner the current utterance's counted "
+        "twice), plus separators and a margin, for its longest answer; never above --max_new_tokens",
+    )
     group.add_argument("--log_interval", type=int, default=20, help="batches between progress lines")
     return parser
 

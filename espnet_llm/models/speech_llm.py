@@ -251,6 +251,8 @@ class SpeechLLM(AbsESPnetModel):
             scores = out.sequences_scores.tolist()  # length-normalised by transformers' beam search
         else:
             steps = self.llm.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        # the parser checks the answer's separators against the history utterances each row had
+        num_history = [0] * len(speech) if speech_segments is None else ((speech_segments > 0).sum(1) - 1).tolist()
         results = []
         for b, seq in enumerate(out.sequences.tolist()):
             ids = seq
@@ -258,7 +260,9 @@ class SpeechLLM(AbsESPnetModel):
                 if stop in ids:
                     ids = ids[: ids.index(stop)]
             score = scores[b] if beam_size > 1 else float(steps[b, : len(ids) + 1].sum())
-            results.append((ids, score, self.layout.parse(ids)))
+            # a row that ended is padded with an end token; one without any ran to max_new_tokens
+            truncated = len(ids) == len(seq)
+            results.append((ids, score, self.layout.parse(ids, num_history[b], truncated)))
         return results
 
     # ---------------------------------------------------------------- checkpoints

@@ -12,6 +12,8 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
         decode_<set>/                          decoding of data/<set>: text, text_ner
             score_cer/result.json, result.txt  espnet_llm.bin.score_cer
             score_ner/result.json, result.txt  espnet_llm.bin.score_ner
+            **/parse_repairs.json              speech LLMs: what the output parser repaired, by kind, of each
+                                               decoding job (run.sh: logdir/output.<n>/), summed
 
 A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
 phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
@@ -32,6 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from espnet_llm.models.prompts import PROBLEM_KINDS
 from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult
 from espnet_llm.scoring.ner import error_table, prf_table
 
@@ -50,6 +53,7 @@ class Run:
     path: Path
     cer: dict[str, CerResult] = field(default_factory=dict)  # set -> result
     ner: dict[str, dict] = field(default_factory=dict)  # set -> score_ner's result.json
+    repairs: dict[str, dict] = field(default_factory=dict)  # set -> parse_repairs.json summed over the jobs
 
     @property
     def name(self) -> str:
@@ -71,6 +75,10 @@ def find_runs(expdir: Path) -> list[Run]:
             continue
         run = runs.setdefault(run_dir, Run(rel[0], rel[1] if len(rel) == 2 else "-", run_dir))
         data_set = decode_dir.name[len("decode_"):]
+        if data_set not in run.repairs:
+            repairs = read_parse_repairs(decode_dir)
+            if repairs:
+                run.repairs[data_set] = repairs
         with open(score_json, encoding="utf-8") as f:
             data = json.load(f)
         if score_json.parent.name == "score_cer":
@@ -78,6 +86,22 @@ def find_runs(expdir: Path) -> list[Run]:
         elif score_json.parent.name == "score_ner":
             run.ner[data_set] = data
     return sorted(runs.values(), key=lambda r: (r.system, _order(r.phase, PHASE_ORDER)))
+
+
+def read_parse_repairs(decode_dir: Path) -> dict | None:
+    """The speech LLM decoding jobs' parse_repairs.json summed; None where there is none (the conformer)."""
+    files = sorted(decode_dir.glob("**/parse_repairs.json"))
+    if not files:
+        return None
+    total = {"utterances": 0, "with_problems": 0, "problems": {}}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        total["utterances"] += data["utterances"]
+        total["with_problems"] += data["with_problems"]
+        for kind, n in data["problems"].items():
+            total["problems"][kind] = total["problems"].get(kind, 0) + n
+    return total
 
 
 _EPOCH_LINE = re.compile(r"(\d+)epoch results: (.*)$")
@@ -236,6 +260,24 @@ def listening_table(runs: list[Run], stats_of: dict[str, dict]) -> str | None:
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def repairs_table(runs: list[Run]) -> list[str]:
+    """The parser's repairs of each speech LLM decoding, by kind, and what each kind found means; [] if none."""
+    rows = [(run, s) for run in runs for s in _sorted_sets(run.repairs)]
+    if not rows:
+        return []
+    seen = {kind for run, s in rows for kind in run.repairs[s]["problems"]}
+    kinds = [k for k in PROBLEM_KINDS if k in seen] + sorted(seen - PROBLEM_KINDS.keys())
+    header = ["system", "phase", "set", "utterances", "repaired"] + kinds
+    lines = ["|" + "|".join(header) + "|", "|---" * len(header) + "|"]
+    for run, s in rows:
+        counts = run.repairs[s]
+        cells = [run.system, run.phase, s, str(counts["utterances"]), str(counts["with_problems"])]
+        cells += [str(counts["problems"].get(k, 0)) for k in kinds]
+        lines.append("|" + "|".join(cells) + "|")
+    legend = [f"- `{k}`: {PROBLEM_KINDS[k]}" for k in kinds if k in PROBLEM_KINDS]
+    return lines + ([""] + legend if legend else [])
+
+
 def _ner_tables(ner: dict) -> list[str]:
     lines = [prf_table(ner), "", error_table(ner)]
     notes = [f"{len(ner[k])} {k.replace('_', ' ')}" for k in
@@ -267,6 +309,16 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         summary,
         "",
     ]
+    repairs = repairs_table(runs)
+    if repairs:
+        doc += [
+            "## Parser repairs",
+            "Utterances whose generated answer the output parser repaired or flagged (`repaired`), and of them "
+            "those with each kind of problem (one utterance may have several kinds).",
+            "",
+            *repairs,
+            "",
+        ]
     if listening:
         doc += [
             "## Listening",
