@@ -359,9 +359,14 @@ def test_generate_tells_the_parser_each_rows_history_and_whether_it_ended(tiny_m
     assert calls == [(2, True), (0, True)] and all(len(ids) == 5 and "truncated" in p.kinds for ids, _, p in out)
     calls.clear()
     steer(model, [model.layout.eos_id], 1e4)
+    steer(model, [model.layout.sep_id], 5e3)
     out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
                          max_new_tokens=5)
-    assert calls == [(2, False), (0, False)] and all(ids == [] and p.kinds == ["empty_current"] for ids, _, p in out)
+    # the answer's shape holds: the row with 2 history utterances may end only after its 2 separators, the
+    # row without history at once, and never with a separator (AnswerShape)
+    sep = model.layout.sep_id
+    assert calls == [(2, False), (0, False)] and [ids for ids, _, _ in out] == [[sep, sep], []]
+    assert out[1][2].kinds == ["empty_current"]
 
 
 def test_max_new_tokens_follows_the_speech(tiny_models):

@@ -15,6 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+from transformers import LogitsProcessor
+
 from espnet_llm.text.aishell_ner import Entity, mark_entities, parse_marked_lenient, strip_marks
 
 TASKS = ("asr_short", "asr_long", "ner")
@@ -198,6 +201,34 @@ class PromptLayout:
                 "the marked transcript differs from the transcript before it: entities kept, text from the latter",
             ))
         return text, mark_entities(plain, entities), entities
+
+
+class AnswerShape(LogitsProcessor):
+    """Holds generation to the target layout of a row with K history utterances: exactly K ``<|sep|>`` (no end,
+    and no ``<|ner|>``, before the K-th; no more after it) and, for ner, nothing but marked text after
+    ``<|ner|>``. A long-form model that has not learnt to count its segments otherwise stops after a history
+    transcript or invents more, and the current utterance is scored against the wrong text.
+
+    Hand-written: transformers' processors ban tokens everywhere or force a fixed sequence, not this.
+    """
+
+    def __init__(self, layout: "PromptLayout", num_history: list[int]):
+        self.layout = layout
+        self.num_history = torch.tensor(num_history)  # per row of input_ids (beams of a row side by side)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        layout, banned = self.layout, torch.finfo(scores.dtype).min
+        history = self.num_history.to(scores.device)[:, None]
+        seps = (input_ids == layout.sep_id).sum(1, keepdim=True)
+        after_ner = (input_ids == layout.ner_id).any(1, keepdim=True)
+        early = seps < history
+        scores[:, layout.stop_ids] = scores[:, layout.stop_ids].masked_fill(early, banned)
+        scores[:, [layout.sep_id]] = scores[:, [layout.sep_id]].masked_fill(~early | after_ner, banned)
+        if layout.task == "ner":
+            scores[:, [layout.ner_id]] = scores[:, [layout.ner_id]].masked_fill(early | after_ner, banned)
+        else:
+            scores[:, layout.ner_id] = banned
+        return scores
 
 
 def _loop_at_end(ids: list[int]) -> tuple[int, int] | None:

@@ -17,9 +17,10 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from transformers import LogitsProcessorList
 
 from espnet_llm.models.llm import positions
-from espnet_llm.models.prompts import ParsedOutput, PromptLayout
+from espnet_llm.models.prompts import AnswerShape, ParsedOutput, PromptLayout
 
 IGNORE = -100
 
@@ -232,8 +233,12 @@ class SpeechLLM(AbsESPnetModel):
             cache = self.prompt_cache(embeds, mask, memory, memory_lengths, memory_segments, beam_size)
         # the embedding rows past the tokenizer (ChatGLM3 pads 64,802 tokens to 65,024) are no tokens
         rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
+        # the answer has a separator after each history utterance the row had
+        num_history = [0] * len(speech) if speech_segments is None else ((speech_segments > 0).sum(1) - 1).tolist()
+        shape = AnswerShape(self.layout, [k for k in num_history for _ in range(beam_size)])
         with self.attending_to(memory, memory_lengths, memory_segments, repeat=beam_size):
             out = self.llm.model.generate(
+                logits_processor=LogitsProcessorList([shape]),
                 suppress_tokens=rows_without_token or None,
                 inputs_embeds=embeds,
                 attention_mask=mask,
@@ -251,8 +256,6 @@ class SpeechLLM(AbsESPnetModel):
             scores = out.sequences_scores.tolist()  # length-normalised by transformers' beam search
         else:
             steps = self.llm.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        # the parser checks the answer's separators against the history utterances each row had
-        num_history = [0] * len(speech) if speech_segments is None else ((speech_segments > 0).sum(1) - 1).tolist()
         results = []
         for b, seq in enumerate(out.sequences.tolist()):
             ids = seq
