@@ -77,7 +77,7 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
     train_main(["--config", str(long), *cached, *data_args(entries),
                 *[a for p in ("train", "valid") for k in ("speech", "text")
                   for a in (f"--{p}_shape_file", f"stats/{p}/{k}_shape")],
-                "--init_param", "exp_short/valid.acc.ave.pth", "--continue_schedule_from", "exp_short/checkpoint.pth",
+                "--init_param", "exp_short/valid.acc_current.ave.pth", "--continue_schedule_from", "exp_short/checkpoint.pth",
                 "--output_dir", "exp_long"])
     assert "skipping 1 broken" in caplog.text and f"{CORRUPT}: not in" in caplog.text  # reported, training went on
     assert (tmp_path / "exp_long/1epoch.pth").is_file()
@@ -92,7 +92,7 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
     keys.write_text("".join(f"{u}\n" for u in reversed(sorted([*SENTENCES, CORRUPT]))))
     inference_main(["--output_dir", "decode", "--batch_size", "2", "--num_workers", "0", "--max_new_tokens", "6",
                     "--speech_llm_train_config", "exp_long/config.yaml",
-                    "--speech_llm_model_file", "exp_long/valid.acc.ave.pth",
+                    "--speech_llm_model_file", "exp_long/valid.acc_current.ave.pth",
                     "--data_path_and_name_and_type", speech,
                     "--data_path_and_name_and_type", f"{data}/utt2history,history,text", "--key_file", str(keys)])
     for name in ("text", "token", "score"):

@@ -146,7 +146,7 @@ def test_espnet_cli_collect_stats_train_resume_and_decode_past_a_corrupt_file(ti
                          "--resume", "true", "--max_epoch", "2", cwd=tmp_path)
     assert "resumed" in resumed.stderr and (tmp_path / "exp/2epoch.pth").exists()
     run_module("espnet_llm.bin.speech_llm_inference", "--output_dir", "decode", "--batch_size", "2",
-               "--speech_llm_train_config", "exp/config.yaml", "--speech_llm_model_file", "exp/valid.acc.ave.pth",
+               "--speech_llm_train_config", "exp/config.yaml", "--speech_llm_model_file", "exp/valid.acc_current.ave.pth",
                "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
                "--data_path_and_name_and_type", f"{data}/utt2history,history,text",
                "--max_new_tokens", "8", "--num_workers", "0", cwd=tmp_path)

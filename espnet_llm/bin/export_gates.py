@@ -1,6 +1,6 @@
 """Write the per-layer cross-attention gate values of a trained encoder-decoder speech LLM (the paper's Figure 2a).
 
-    python -m espnet_llm.bin.export_gates --model_file exp/encoder_decoder/short/valid.acc.ave.pth \
+    python -m espnet_llm.bin.export_gates --model_file exp/encoder_decoder/short/valid.acc_current.ave.pth \
         --output exp/encoder_decoder/short/gate_values.json
 
 Reads the checkpoint only (the trainable weights are enough; no model is built, so it is quick at full size too)
