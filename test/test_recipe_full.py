@@ -100,7 +100,7 @@ def dev_cer(recipe: Path, run: str) -> dict:
 @needs_tools
 def test_the_baseline_learns_from_speech(full_run):
     recipe, _ = full_run
-    assert dev_cer(recipe, "conformer/asr")["Err"] < 80.0  # measured: 41.8 % (10 epochs), 8 epochs: see README
+    assert dev_cer(recipe, "conformer/asr")["Err"] < 80.0  # measured: 52.3 % (8 epochs)
 
 
 @needs_tools
@@ -109,8 +109,25 @@ def test_both_speech_llms_listen_through_the_pretrained_whisper(full_run):
     source = json.loads((recipe / "downloads" / "mini_whisper" / "source.json").read_text())
     assert source["model"].startswith("openai/whisper-base") and "why" not in source  # not the random fallback
     assert "D=512" in output  # stage 6 dumped Whisper base's 512-wide features
-    assert dev_cer(recipe, "decoder_only/short")["Err"] < 25.0  # measured: 3.5 % (2 LLM layers, 30 epochs)
-    assert dev_cer(recipe, "encoder_decoder/short")["Err"] < 50.0  # measured: 17.3 %
+    assert dev_cer(recipe, "decoder_only/short")["Err"] < 25.0  # measured: 2.8 % (2 LLM layers, 20 epochs)
+    assert dev_cer(recipe, "encoder_decoder/short")["Err"] < 50.0  # measured: 19.7 %
+
+
+@needs_tools
+def test_every_speech_llm_run_listens_and_its_repairs_are_counted(full_run):
+    """Speech reliance: the validation loss with another utterance's speech minus that with its own. Measured
+    on 2 cores: 2.1-6.4 nats a token (the encoder-decoder as first built: about 1 in a toy run)."""
+    recipe, _ = full_run
+    results = (recipe / "RESULTS.md").read_text(encoding="utf-8")
+    listening = results.split("## Listening", 1)[1].split("\n## ", 1)[0]
+    rows = {f"{c[0]}/{c[1]}": c for c in (line.strip("|").split("|") for line in listening.splitlines()
+                                          if line.startswith("|"))}
+    for name in RUNS[1:]:
+        assert float(rows[name][7]) > 1.0, (name, rows[name])  # speech reliance, nats a token
+    repairs = results.split("## Parser repairs", 1)[1].split("\n## ", 1)[0]
+    for name in RUNS[1:]:
+        system, phase = name.split("/")
+        assert f"|{system}|{phase}|dev|60|" in repairs and f"|{system}|{phase}|test|60|" in repairs
 
 
 @needs_tools
