@@ -369,6 +369,19 @@ def test_generate_tells_the_parser_each_rows_history_and_whether_it_ended(tiny_m
     assert out[1][2].kinds == ["empty_current"]
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_ner_answer_ends_only_after_its_separators_and_the_ner_token(tiny_models, beam_size):
+    model = build(tiny_models, "decoder_only", "ner").eval()
+    batch = batch_for(model, ROWS)
+    layout = model.layout
+    steer(model, [layout.eos_id], 1e4)  # the end first, then a separator, then <|ner|>, when allowed
+    steer(model, [layout.sep_id], 5e3)
+    steer(model, [layout.ner_id], 2e3)
+    out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
+                         max_new_tokens=5)
+    assert [ids for ids, _, _ in out] == [[layout.sep_id, layout.sep_id, layout.ner_id], [layout.ner_id]]
+
+
 def test_max_new_tokens_follows_the_speech(tiny_models):
     from espnet_llm.bin.speech_llm_inference import token_limit
 

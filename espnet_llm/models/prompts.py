@@ -205,8 +205,8 @@ class PromptLayout:
 
 class AnswerShape(LogitsProcessor):
     """Holds generation to the target layout of a row with K history utterances: exactly K ``<|sep|>`` (no end,
-    and no ``<|ner|>``, before the K-th; no more after it) and, for ner, nothing but marked text after
-    ``<|ner|>``. A long-form model that has not learnt to count its segments otherwise stops after a history
+    and no ``<|ner|>``, before the K-th; no more after it) and, for ner, no end before ``<|ner|>`` and nothing
+    but marked text after it. A long-form model that has not learnt to count its segments otherwise stops after a history
     transcript or invents more, and the current utterance is scored against the wrong text.
 
     Hand-written: transformers' processors ban tokens everywhere or force a fixed sequence, not this.
@@ -222,7 +222,9 @@ class AnswerShape(LogitsProcessor):
         seps = (input_ids == layout.sep_id).sum(1, keepdim=True)
         after_ner = (input_ids == layout.ner_id).any(1, keepdim=True)
         early = seps < history
-        scores[:, layout.stop_ids] = scores[:, layout.stop_ids].masked_fill(early, banned)
+        # a ner answer ends with its marked transcript, after <|ner|>
+        cannot_end = early | ~after_ner if layout.task == "ner" else early
+        scores[:, layout.stop_ids] = scores[:, layout.stop_ids].masked_fill(cannot_end, banned)
         scores[:, [layout.sep_id]] = scores[:, [layout.sep_id]].masked_fill(~early | after_ner, banned)
         if layout.task == "ner":
             scores[:, [layout.ner_id]] = scores[:, [layout.ner_id]].masked_fill(early | after_ner, banned)
