@@ -148,8 +148,9 @@ def choose_scripts(by_speaker: dict[str, list[Sentence]], count: int, length: in
             if sentences[i + length - 1].index - sentences[i].index == length - 1]
     chars = [sum(len(s.marked) for s in run) for run in runs]
     median = sorted(chars)[len(chars) // 2] if chars else 0
+    entities = {s.uttid: len(parse_marked(s.marked)[1]) for sentences in by_speaker.values() for s in sentences}
     short = [run for run, n in zip(runs, chars) if n <= median]
-    ranked = sorted(short, key=lambda run: (-sum(len(parse_marked(s.marked)[1]) for s in run), run[0].uttid))
+    ranked = sorted(short, key=lambda run: (-sum(entities[s.uttid] for s in run), run[0].uttid))
     foreign: dict[str, bool] = {}  # checked lazily: most sentences are never candidates
 
     def in_mandarin(sentence: Sentence) -> bool:

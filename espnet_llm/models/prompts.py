@@ -206,13 +206,13 @@ class PromptLayout:
 class AnswerShape(LogitsProcessor):
     """Holds generation to the target layout of a row with K history utterances: exactly K ``<|sep|>`` (no end,
     and no ``<|ner|>``, before the K-th; no more after it) and, for ner, no end before ``<|ner|>`` and nothing
-    but marked text after it. A long-form model that has not learnt to count its segments otherwise stops after a history
-    transcript or invents more, and the current utterance is scored against the wrong text.
+    but marked text after it. A long-form model that has not learnt to count its segments otherwise stops
+    after a history transcript or invents more, and the current utterance is scored against the wrong text.
 
     Hand-written: transformers' processors ban tokens everywhere or force a fixed sequence, not this.
     """
 
-    def __init__(self, layout: "PromptLayout", num_history: list[int]):
+    def __init__(self, layout: PromptLayout, num_history: list[int]):
         self.layout = layout
         self.num_history = torch.tensor(num_history)  # per row of input_ids (beams of a row side by side)
 
