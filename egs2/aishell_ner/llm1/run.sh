@@ -673,7 +673,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
                 # the weights of the previous phase, and its optimiser and LR schedule continued
                 _opts+=" --init_param ${_from} --continue_schedule_from ${expdir}/${system}/${_previous}/checkpoint.pth"
             fi
-            log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
+            log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${_from:+, from ${_from}, its optimiser and LR schedule continued}) on ${_input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${_dir}/train.log"
             if uses_feature_cache "${system}" && ! "${dry_run}"; then
                 for dset in "${train_set}" "${valid_set}"; do
                     report_failed_dump "${dset}" "skipped, each named in train.log, and counted as broken"
