@@ -83,7 +83,9 @@ def test_forward_backward_and_only_intended_parameters_change(tiny_models, arch,
     intended = "adapter." if arch == "decoder_only" else ".cross_attention."
     assert any("lora_" in n for n in changed) and any(intended in n for n in changed)
     for n in changed:
-        assert "lora_" in n or intended in n or "trainable_tokens" in n, f"{n} should be frozen"
+        assert "lora_" in n or intended in n or "trainable_tokens" in n or n == "part_embedding.weight", (
+            f"{n} should be frozen"
+        )
     assert not any(n.startswith("speech_encoder.") for n in changed)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("speech_encoder.") for n in trainable)
@@ -431,3 +433,31 @@ def test_generation_never_emits_embedding_rows_without_a_token(tiny_models, beam
     batch = batch_for(model, ROWS)
     for ids, _, parsed in model.generate(batch["speech"], batch["speech_lengths"], beam_size=beam_size, max_new_tokens=5):
         assert ids and max(ids) < num_tokens
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_decoding_sees_the_answer_parts_as_training_does(tiny_models, arch, beam_size):
+    """Each generated token is fed with its answer part added, as in the teacher-forced loss: the greedy answer
+    is the teacher-forced argmax over itself, and a beam's score is its teacher-forced log-probability."""
+    model = build(tiny_models, arch, "asr_long").eval()
+    if arch == "encoder_decoder":
+        open_cross_attention(model)
+    g = torch.Generator().manual_seed(1)
+    model.part_embedding.weight.data.copy_(torch.randn(model.part_embedding.weight.shape, generator=g))
+    batch = batch_for(model, ROWS[:1])
+    layout = model.layout
+    steer(model, [layout.sep_id], 3.0)  # reach the current utterance's part within a few tokens
+    [(ids, score, _)] = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"],
+                                   beam_size=beam_size, max_new_tokens=12)
+    assert ids.count(layout.sep_id) == 2
+    memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    with torch.no_grad():
+        hidden, labels = model.teacher_forced_states(memory, lengths, [torch.tensor(ids)], segments)
+        logits = model.llm.logits(hidden[0, -len(ids) - 1:-1])
+    if beam_size == 1:
+        logits[2:, layout.sep_id] = float("-inf")  # what AnswerShape bans after the second separator
+        assert logits.argmax(-1).tolist() == ids
+    else:  # transformers' beam score: the answer's log-probability over its length
+        log_prob = logits.log_softmax(-1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
+        assert score == pytest.approx(float(log_prob) / len(ids), abs=1e-5)

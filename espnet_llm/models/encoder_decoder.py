@@ -2,7 +2,9 @@
 
 No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``. The memory holds the
 history utterances and the current one; attention ignores the order of its keys, so a learned embedding of each
-frame's segment (counted back from the current utterance) is added to the memory before the keys and values.
+frame's segment (counted back from the current utterance) is added to the memory before the keys and values;
+the answer's tokens carry the same count as their part (``SpeechLLM.part_embedding``), so that a query can tell
+which segment it transcribes.
 """
 from __future__ import annotations
 
@@ -25,15 +27,13 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         attention_size: int | None = None,
         num_heads: int | None = None,
         initial_gate: float = 1.0,
-        max_segments: int = 8,
         **kwargs,
     ):
         """cross_attention_layers: LLM layer indices to give a cross-attention block (None: every layer).
 
         attention_size: width of the cross-attention (default: the speech memory's width);
         num_heads: its heads (default: attention_size / 64, Whisper's head size);
-        initial_gate: the gates' parameter before training (see GatedCrossAttention);
-        max_segments: segment embeddings learned; older history segments share the last one.
+        initial_gate: the gates' parameter before training (see GatedCrossAttention).
         """
         super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
         memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
@@ -42,7 +42,7 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         layers = llm.decoder_layers
         chosen = range(len(layers)) if cross_attention_layers is None else cross_attention_layers
         self.memory = SpeechMemory()
-        self.segment_embedding = torch.nn.Embedding(max_segments, memory_size)
+        self.segment_embedding = torch.nn.Embedding(self.part_embedding.num_embeddings, memory_size)
         hidden = llm.hidden_size
         eps = llm.config.rms_norm_eps
         for i in chosen:

@@ -13,6 +13,8 @@ def component(name: str) -> str:
         return "task-token embeddings"
     if ".cross_attention." in name:
         return "cross-attention"
+    if name.startswith(("part_embedding.", "segment_embedding.")):
+        return "segment embeddings"
     if name.startswith("adapter."):
         return "adapter"
     if name.startswith("speech_encoder."):
