@@ -6,6 +6,8 @@ import pytest
 import torch
 from test_speech_llm_models import ARCHITECTURES, ROWS, batch_for, build, open_cross_attention
 
+from espnet_llm.bin.benchmark_speech_llm import plain_decoding
+
 BEAM = 3
 
 
@@ -15,12 +17,6 @@ def decoding_model(tiny_models, arch):
     if arch == "encoder_decoder":
         open_cross_attention(model)
     return model
-
-
-def reuse(model, on: bool) -> None:
-    model.prefill_prompt_once = on
-    if hasattr(model, "memory"):
-        model.memory.reuse_keys_values = on
 
 
 def decode(model, batch, beam_size):
@@ -35,8 +31,8 @@ def test_decoding_matches_the_plain_path(tiny_models, arch, beam_size):
     model = decoding_model(tiny_models, arch)
     batch = batch_for(model, ROWS)
     ours = decode(model, batch, beam_size)
-    reuse(model, False)
-    plain = decode(model, batch, beam_size)
+    with plain_decoding(model):
+        plain = decode(model, batch, beam_size)
     for (ids, score, _), (plain_ids, plain_score, _) in zip(ours, plain):
         assert ids == plain_ids and abs(score - plain_score) < 1e-5
 
@@ -54,8 +50,8 @@ def test_beam_search_runs_the_prompt_for_each_utterance_once(tiny_models, arch):
     # the prompt but its last position for the B rows, then one position at a time for the B * beam rows
     assert calls[0] == (rows, width - 1) and set(calls[1:]) == {(rows * BEAM, 1)}
     calls.clear()
-    reuse(model, False)
-    decode(model, batch, BEAM)
+    with plain_decoding(model):
+        decode(model, batch, BEAM)
     assert calls[0] == (rows * BEAM, width)  # what transformers does on its own
 
 

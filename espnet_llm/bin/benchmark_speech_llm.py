@@ -38,6 +38,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from unittest import mock
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,11 +181,18 @@ def set_attention(model, implementation: str) -> None:
     model.llm.causal_lm.set_attn_implementation(implementation)
 
 
-def set_decoding_reuse(model, on: bool) -> None:
-    """on: the prompt run once per utterance in beam search, the speech memory's keys and values projected once."""
-    model.prefill_prompt_once = on
-    if isinstance(model, EncoderDecoderSpeechLLM):
-        model.memory.reuse_keys_values = on
+@contextlib.contextmanager
+def plain_decoding(model):
+    """The reference that decoding's reuse is measured (and tested) against: transformers' beam search running the
+    prompt once per beam (no prompt cache), the speech memory's keys and values projected at every call."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(model, "prompt_cache", lambda *args, **kwargs: None))
+        if isinstance(model, EncoderDecoderSpeechLLM):
+            memory = model.memory
+            stack.enter_context(mock.patch.object(
+                memory, "projected", lambda layer, dtype: layer.keys_values(memory.feats.to(dtype))
+            ))
+        yield
 
 
 def set_checkpointing(model, on: bool) -> None:
@@ -322,14 +330,13 @@ def decoding_rtf(model, utterances, batch_size: int, device, bf16: bool, tokens:
 
 
 def decoding_reuse_speedup(model, utterances, batch_size, device, tokens, beam_size, repeats=3):
-    """Beam-search RTF with set_decoding_reuse, and its speed-up over the runs without: medians of alternating runs
+    """Beam-search RTF, and its speed-up over plain_decoding: medians of alternating runs
     (single timings of the short tiny-size decodings are noisy)."""
     reused, plain = [], []
     for _ in range(repeats):
         reused.append(decoding_rtf(model, utterances, batch_size, device, True, tokens, beam_size))
-        set_decoding_reuse(model, False)
-        plain.append(decoding_rtf(model, utterances, batch_size, device, True, tokens, beam_size))
-        set_decoding_reuse(model, True)
+        with plain_decoding(model):
+            plain.append(decoding_rtf(model, utterances, batch_size, device, True, tokens, beam_size))
     return statistics.median(reused), statistics.median(p / r for p, r in zip(plain, reused))
 
 

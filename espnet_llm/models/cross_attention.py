@@ -21,7 +21,6 @@ class SpeechMemory:
         self.feats: torch.Tensor | None = None  # (B, S, D)
         self.mask: torch.Tensor | None = None  # (B, S) True where a real frame is
         self.keys_values: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, for these feats
-        self.reuse_keys_values = True  # False: project at every call (the plain path, kept to test and measure against)
 
     def set(self, feats: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         self.feats, self.mask, self.keys_values = feats, mask, {}
@@ -29,7 +28,7 @@ class SpeechMemory:
     def projected(self, layer: "GatedCrossAttention", dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's keys and values of the memory. Without gradients (decoding) they are computed once per
         memory instead of at every generated token; with gradients at every call (each backward needs its graph)."""
-        if torch.is_grad_enabled() or not self.reuse_keys_values:
+        if torch.is_grad_enabled():
             return layer.keys_values(self.feats.to(dtype))
         if layer not in self.keys_values:
             self.keys_values[layer] = layer.keys_values(self.feats.to(dtype))

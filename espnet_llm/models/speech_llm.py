@@ -52,7 +52,6 @@ class SpeechLLM(AbsESPnetModel):
         # speech segments are: added to the answer's inputs so that part k can find segment k
         self.part_embedding = nn.Embedding(max_segments, llm.hidden_size)
         nn.init.zeros_(self.part_embedding.weight)
-        self.prefill_prompt_once = True  # False: the plain beam search path, kept to test and measure against
         for p in self.speech_encoder.parameters():
             p.requires_grad_(False)  # Whisper stays frozen in every phase
 
@@ -250,7 +249,7 @@ class SpeechLLM(AbsESPnetModel):
         memory, memory_lengths, memory_segments = self.encode_speech(speech, speech_lengths, speech_segments)
         embeds, mask = self.left_padded_prompts(memory, memory_lengths, memory_segments)
         cache = None  # greedy search runs the prompt for the B rows anyway
-        if beam_size > 1 and self.prefill_prompt_once:
+        if beam_size > 1:
             cache = self.prompt_cache(embeds, mask, memory, memory_lengths, memory_segments, beam_size)
         # the embedding rows past the tokenizer (ChatGLM3 pads 64,802 tokens to 65,024) are no tokens
         rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
