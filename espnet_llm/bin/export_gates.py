@@ -17,23 +17,28 @@ from pathlib import Path
 
 import torch
 
+from espnet_llm.models.checkpoint import checkpoint_state
+
 # GatedCrossAttention.gate inside CrossAttendingDecoderLayer, which replaces LLM layer <i>
 GATE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.cross_attention\.gate$")
 
 
 def gate_values(model_file: str | Path) -> dict[int, float]:
     """LLM layer index -> tanh(gate), from an ESPnet checkpoint (full or trainable-only, or DeepSpeed's)."""
-    state = torch.load(model_file, map_location="cpu", weights_only=False)
-    if "module" in state:
-        state = state["module"]
+    gates = gates_of(checkpoint_state(model_file))
+    if not gates:
+        raise ValueError(f"{model_file}: no cross-attention gate (*.layers.<i>.cross_attention.gate): "
+                         "not an encoder-decoder speech LLM checkpoint")
+    return gates
+
+
+def gates_of(state: dict[str, torch.Tensor]) -> dict[int, float]:
+    """LLM layer index -> tanh(gate), from a model's state dict (empty for a model without cross-attention)."""
     gates = {}
     for key, value in state.items():
         match = GATE_KEY.search(key)
         if match:
             gates[int(match.group(1))] = float(torch.tanh(value.float()).item())
-    if not gates:
-        raise ValueError(f"{model_file}: no cross-attention gate (*.layers.<i>.cross_attention.gate): "
-                         "not an encoder-decoder speech LLM checkpoint")
     return dict(sorted(gates.items()))
 
 

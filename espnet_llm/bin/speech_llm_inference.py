@@ -35,6 +35,7 @@ from espnet2.utils.types import str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
 from espnet_llm.models.prompts import TOKENS_PER_SECOND, PromptLayout
+from espnet_llm.models.checkpoint import checkpoint_state
 from espnet_llm.tasks.preprocessor import open_entry
 from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
 
@@ -47,10 +48,7 @@ def load_model(train_config: str, model_file: str | None, device: str, dtype: st
         args = argparse.Namespace(**yaml.safe_load(f))
     model = SpeechLLMTask.build_model(args)
     if model_file is not None:
-        state = torch.load(model_file, map_location="cpu", weights_only=False)
-        if "module" in state:  # a DeepSpeed checkpoint
-            state = state["module"]
-        model.load_state_dict(state)  # strict on the trainable weights; the frozen ones come from the base models
+        model.load_state_dict(checkpoint_state(model_file))  # strict on the trainable weights; the frozen ones come from the base models
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     return model, args
 

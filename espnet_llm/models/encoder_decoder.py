@@ -65,10 +65,3 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
             yield
         finally:
             self.memory.set(None, None)
-
-    def gate_values(self) -> dict[int, float]:
-        """tanh(gate) per LLM layer (the paper's Figure 2a)."""
-        return {
-            i: float(torch.tanh(self.llm.decoder_layers[i].cross_attention.gate))
-            for i in self.cross_attention_layers
-        }
