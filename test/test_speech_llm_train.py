@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 from espnet2.train.collate_fn import CommonCollateFn
 
-from espnet_llm.bin.speech_llm_inference import inference
+from espnet_llm.bin.speech_llm_inference import Speech2Text, inference
 from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker, Voice
 from espnet_llm.data_prep.mini_corpus import resample
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
@@ -109,6 +111,15 @@ def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(ti
     assert counts == {"utterances": 4, "broken": 0, "with_problems": 0, "problems": {}}
     assert json.loads((tmp_path / "decode/parse_repairs.json").read_text()) == counts
     assert (tmp_path / "decode/1best_recog/score").exists() and (tmp_path / "decode/1best_recog/token").exists()
+    # the library face: one waveform in, its transcript out
+    speech2text = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"))
+    for uid, text in SENTENCES.items():
+        hyp = speech2text(soundfile.read(data / "wav" / f"{uid}.wav", dtype="float32")[0])
+        assert hyp.text == strip_marks(text) and hyp.problems == [] and hyp.score > -1.0
+    with pytest.raises(ValueError, match="the speech: empty or unreadable audio"):
+        speech2text(np.zeros(0, dtype=np.float32))
+    with pytest.raises(ValueError, match="takes no history"):
+        speech2text(np.zeros(16000, dtype=np.float32), history=[np.zeros(16000, dtype=np.float32)])
 
 
 def run_module(module: str, *argv: str, cwd: Path, launcher: list[str] = ()) -> subprocess.CompletedProcess:

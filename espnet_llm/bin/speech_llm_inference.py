@@ -1,4 +1,8 @@
-"""Decode with a trained speech LLM: ``python -m espnet_llm.bin.speech_llm_inference``.
+"""Decode with a trained speech LLM: ``python -m espnet_llm.bin.speech_llm_inference``, or from Python::
+
+    from espnet_llm.bin.speech_llm_inference import Speech2Text
+    speech2text = Speech2Text("exp/decoder_only/cot/config.yaml", "exp/decoder_only/cot/valid.acc_current.ave.pth")
+    hyp = speech2text(speech, history=[previous_speech, ...])  # -> Hypothesis: text, marked, entities, score
 
 Writes ESPnet's ``<output_dir>/1best_recog/{text,token,score}`` and, for the NER task, ``text_ner`` (the
 current utterance with entity marks). A broken utterance (unreadable, empty, over 30 s) gets an empty
@@ -23,21 +27,23 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from espnet2.fileio.datadir_writer import DatadirWriter
 from espnet2.fileio.read_text import read_2columns_text
-from espnet2.torch_utils.device_funcs import to_device
 from espnet2.utils import config_argparse
 from espnet2.utils.types import str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
-from espnet_llm.models.prompts import TOKENS_PER_SECOND, PromptLayout
 from espnet_llm.models.checkpoint import checkpoint_state
+from espnet_llm.models.prompts import TOKENS_PER_SECOND, Problem, PromptLayout
 from espnet_llm.tasks.preprocessor import open_entry
 from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
+from espnet_llm.text.aishell_ner import Entity
 
 LENGTH_FILES = ("utt2num_samples", "feats_shape")  # looked for beside the speech scp (audio, dumped features)
 
@@ -90,6 +96,75 @@ def token_limit(
     return min(max_new_tokens, max(budgets))
 
 
+@dataclass
+class Hypothesis:
+    """One utterance's decoding result."""
+
+    text: str  # the current utterance's transcript
+    marked: str  # the same with entity marks (ner; the text otherwise)
+    entities: list[Entity]
+    score: float  # log-probability (beam search: over the answer's length)
+    token_ids: list[int]  # the whole generated answer (history transcripts and separators included)
+    problems: list[Problem]  # what the output parser repaired or flagged
+
+
+class Speech2Text:
+    """Decoding as a library, as ESPnet's ``Speech2Text``: built from a training config and a model file, called on
+    one utterance's speech (with, for the long-form tasks, its previous utterances' speech, oldest first, of which
+    the last ``num_history`` of the config are used, as in training).
+
+    The speech is what the config's speech encoder reads: 16 kHz audio (``whisper``), or the dumped Whisper
+    features, (frames, dim) (``whisper_cached``).
+    """
+
+    def __init__(
+        self,
+        speech_llm_train_config: str,
+        speech_llm_model_file: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        beam_size: int = 1,
+        max_new_tokens: int = 200,
+        tokens_per_second: float = TOKENS_PER_SECOND,
+    ):
+        self.model, self.train_args = load_model(speech_llm_train_config, speech_llm_model_file, device, dtype)
+        self.device, self.dtype = device, getattr(torch, dtype)
+        self.beam_size, self.max_new_tokens, self.tokens_per_second = beam_size, max_new_tokens, tokens_per_second
+        self.preprocessor = SpeechLLMTask.preprocessor_for(self.train_args, [])  # its checks and time steps a second
+
+    @property
+    def layout(self) -> PromptLayout:
+        return self.model.layout
+
+    @torch.no_grad()
+    def __call__(self, speech, history=()) -> Hypothesis:
+        if not self.layout.uses_history and len(history):
+            raise ValueError(f"the {self.layout.task} task takes no history utterances")
+        history = list(history)[len(history) - self.preprocessor.num_history:] if self.preprocessor.num_history else []
+        pieces = []
+        for i, s in enumerate((*history, speech)):
+            s = np.asarray(s, dtype=np.float32)
+            problem = self.preprocessor.check_speech(s)
+            if problem:
+                raise ValueError(f"{'the speech' if i == len(history) else f'history utterance {i + 1}'}: {problem}")
+            pieces.append(torch.from_numpy(s))
+        lengths = torch.tensor([len(p) for p in pieces])
+        segments = lengths[None] if self.layout.uses_history else None
+        return self.decode_batch(torch.cat(pieces)[None], lengths.sum()[None], segments)[0]
+
+    @torch.no_grad()
+    def decode_batch(self, speech, speech_lengths, segments=None) -> list[Hypothesis]:
+        """A padded batch of utterances, none broken: (B, T[, dim]), (B,), and (B, K + 1) segment lengths."""
+        speech, speech_lengths = speech.to(self.device), speech_lengths.to(self.device)
+        rate = self.preprocessor.rate
+        limit = token_limit(self.layout, speech_lengths, segments, rate, self.tokens_per_second, self.max_new_tokens)
+        decoded = self.model.generate(
+            speech.to(self.dtype), speech_lengths, None if segments is None else segments.to(self.device),
+            beam_size=self.beam_size, max_new_tokens=limit,
+        )
+        return [Hypothesis(p.text, p.marked, p.entities, score, ids, p.problems) for ids, score, p in decoded]
+
+
 def inference(
     output_dir: str,
     data_path_and_name_and_type: list,
@@ -109,9 +184,11 @@ def inference(
     """Decode every utterance; returns counts (utterances, broken, parse problems and their kinds)."""
     if ngpu > 1:
         raise NotImplementedError("decode with --ngpu 0 or 1; split the data for more (ESPnet's --inference_nj)")
-    device = "cuda" if ngpu > 0 else "cpu"
-    model, train_args = load_model(speech_llm_train_config, speech_llm_model_file, device, dtype)
-    tokenizer = model.layout.tokenizer
+    speech2text = Speech2Text(
+        speech_llm_train_config, speech_llm_model_file, "cuda" if ngpu > 0 else "cpu", dtype, beam_size,
+        max_new_tokens, tokens_per_second,
+    )
+    train_args, layout = speech2text.train_args, speech2text.layout
     preprocessor = SpeechLLMTask.preprocessor_for(train_args, data_path_and_name_and_type)
     keys_in_order = read_keys(key_file or data_path_and_name_and_type[0][0])
     loader = SpeechLLMTask.build_streaming_iterator(
@@ -130,44 +207,34 @@ def inference(
     broken_ids, audio_seconds, start = [], 0.0, time.perf_counter()
     outputs: dict[str, dict[str, str]] = {}  # key -> file -> line, written in key order at the end
     for batch_index, (keys, batch) in enumerate(loader, 1):
-        batch = to_device(batch, device)
         speech, speech_lengths = batch["speech"], batch["speech_lengths"]
         keep = [i for i, n in enumerate(speech_lengths.tolist()) if n > 0]
         results = {}
         if keep:
             segments = batch.get("speech_segments")
             segments = segments[keep] if segments is not None else None
-            decoded = model.generate(
-                speech[keep].to(getattr(torch, dtype)),
-                speech_lengths[keep],
-                segments,
-                beam_size=beam_size,
-                max_new_tokens=token_limit(
-                    model.layout, speech_lengths[keep], segments, preprocessor.rate, tokens_per_second, max_new_tokens
-                ),
-            )
-            results = dict(zip(keep, decoded))
+            results = dict(zip(keep, speech2text.decode_batch(speech[keep], speech_lengths[keep], segments)))
         for i, key in enumerate(keys):
             counts["utterances"] += 1
             if i not in results:
                 counts["broken"] += 1
                 broken_ids.append(key)
                 logging.warning(f"utterance {key}: broken (reason logged above): empty hypothesis written")
-                ids, score, parsed = [], float("-inf"), None
+                hyp = Hypothesis("", "", [], float("-inf"), [], [])
             else:
-                ids, score, parsed = results[i]
-                if parsed.problems:
+                hyp = results[i]
+                if hyp.problems:
                     counts["with_problems"] += 1
-                    for kind in parsed.kinds:
+                    for kind in dict.fromkeys(p.kind for p in hyp.problems):
                         counts["problems"][kind] = counts["problems"].get(kind, 0) + 1
-                    logging.warning(f"utterance {key}: repaired model output: {'; '.join(map(str, parsed.problems))}")
+                    logging.warning(f"utterance {key}: repaired model output: {'; '.join(map(str, hyp.problems))}")
             out = outputs[key] = {
-                "text": parsed.text if parsed else "",
-                "token": " ".join(tokenizer.convert_ids_to_tokens(ids)),
-                "score": str(score),
+                "text": hyp.text,
+                "token": " ".join(layout.tokenizer.convert_ids_to_tokens(hyp.token_ids)),
+                "score": str(hyp.score),
             }
-            if model.layout.task == "ner":
-                out["text_ner"] = parsed.marked if parsed else ""
+            if layout.task == "ner":
+                out["text_ner"] = hyp.marked
         audio_seconds += float(speech_lengths.sum()) / preprocessor.rate
         if batch_index % log_interval == 0:
             elapsed = time.perf_counter() - start

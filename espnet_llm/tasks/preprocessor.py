@@ -106,7 +106,7 @@ class SpeechLLMPreprocessor:
             elif name == "text":
                 self.history_text.update(read_2columns_text(path))
 
-    def _check_speech(self, uid: str, speech: np.ndarray) -> str | None:
+    def check_speech(self, speech: np.ndarray) -> str | None:
         """Why this audio (or these features) cannot be used, or None."""
         if speech.size == 0:
             return "empty or unreadable audio" if self.feature_dim is None else "empty or unreadable features"
@@ -127,7 +127,7 @@ class SpeechLLMPreprocessor:
 
     def __call__(self, uid: str, data: dict) -> dict:
         wav = np.asarray(data["speech"], dtype=np.float32)
-        problem = self._check_speech(uid, wav)
+        problem = self.check_speech(wav)
         if problem is not None:
             logging.warning(f"utterance {uid}: {problem}: skipped")
             wav = self.empty  # zero length marks the row broken for the model
@@ -136,7 +136,7 @@ class SpeechLLMPreprocessor:
             if hid not in self.history_audio:
                 raise KeyError(f"utterance {uid}: history utterance {hid} is in no speech entry given")
             hwav = np.asarray(self.history_audio[hid][hid], dtype=np.float32)
-            hproblem = self._check_speech(hid, hwav)
+            hproblem = self.check_speech(hwav)
             if hproblem is not None:
                 logging.warning(f"utterance {uid}: history utterance {hid}: {hproblem}: left out of the history")
                 continue
