@@ -314,9 +314,11 @@ PARSE_CASES = {
         ("asr_long", ["你好", SEP, "北京", SEP, "北京", SEP, "北"], 1, True),
         ("北京", ["truncated", "extra_separator"])),
     "truncated": (("asr_short", ["北京欢迎"], 0, True), ("北京欢迎", ["truncated"])),
-    "repetition": (("asr_short", ["北京欢迎你" + "的" * 10], 0, True), ("北京欢迎你" + "的" * 10, ["truncated", "repetition"])),
+    "repetition": (("asr_short", ["北京欢迎你" + "的" * 10], 0, True), ("北京欢迎你的", ["truncated", "repetition"])),
     "repeated unit cut short": (("asr_short", ["你好" + "北京欢迎" * 3 + "北京"], 0, True), (
-        "你好" + "北京欢迎" * 3 + "北京", ["truncated", "repetition"])),
+        "你好北京欢迎", ["truncated", "repetition"])),
+    "a loop before the ner token never reached": (("ner", ["你好", SEP, "北京" + "欢迎" * 6], 1, True), (
+        "北京欢迎", ["truncated", "repetition", "no_ner_token"])),
     "a reduplication is no loop": (("asr_short", ["谢谢谢谢"], 0, False), ("谢谢谢谢", [])),
     "nothing before ner": (("ner", [NER, "[张三]在(北京)"], 0, False), ("张三在北京", ["ner_fallback_text"])),
     "only history and a separator before ner": (

@@ -33,7 +33,7 @@ ANSWER_MARGIN = 16
 # What the parser repairs or flags, by kind (stable names: decoding counts them, RESULTS.md tables them).
 PROBLEM_KINDS = {
     "truncated": "no end token within max_new_tokens: the answer may be cut short",
-    "repetition": "the answer ends in the same tokens over and over (greedy or beam search gone into a loop)",
+    "repetition": "the answer ends in the same tokens over and over (search gone into a loop): the unit kept once",
     "trailing_separator": f"a {SEPARATOR} with nothing after it: dropped",
     "extra_separator": f"more {SEPARATOR} than history utterances",
     "missing_separator": f"fewer {SEPARATOR} than history utterances",
@@ -142,7 +142,10 @@ class PromptLayout:
             problems.append(Problem("truncated", f"no end token after {len(ids)} tokens"))
         loop = _loop_at_end(ids)
         if loop:
-            problems.append(Problem("repetition", f"ends in {loop[1]} repeats of {loop[0]} token(s)"))
+            period, start = loop
+            problems.append(Problem("repetition", f"ends in {(len(ids) - start) / period:.1f} repeats of {period} "
+                                                  "token(s): kept once"))
+            ids = ids[: start + period]
         ner_part: list[int] | None = None
         if self.ner_id in ids:
             at = ids.index(self.ner_id)
@@ -234,14 +237,15 @@ class AnswerShape(LogitsProcessor):
 
 
 def _loop_at_end(ids: list[int]) -> tuple[int, int] | None:
-    """(period, repeats) of the shortest unit that ``ids`` end in as a loop (REPETITION_*), or None."""
+    """(period, start) of the shortest unit that ``ids`` end in as a loop (REPETITION_*), or None: from ``start``
+    on, ``ids`` repeat with that period."""
     n = len(ids)
     for period in range(1, n // REPETITION_MIN_REPEATS + 1):
         start = n - period  # move back while ids[start:] keeps this period
         while start > 0 and ids[start - 1] == ids[start - 1 + period]:
             start -= 1
         if n - start >= max(REPETITION_MIN_REPEATS * period, REPETITION_MIN_SPAN):
-            return period, (n - start) // period
+            return period, start
     return None
 
 
