@@ -100,7 +100,7 @@ def dev_cer(recipe: Path, run: str) -> dict:
 @needs_tools
 def test_the_baseline_learns_from_speech(full_run):
     recipe, _ = full_run
-    assert dev_cer(recipe, "conformer/asr")["Err"] < 80.0  # measured: 52.3 % (8 epochs)
+    assert dev_cer(recipe, "conformer/asr")["Err"] < 80.0  # measured: 52.3-56.9 % (8 epochs, two machines)
 
 
 @needs_tools
@@ -109,14 +109,26 @@ def test_both_speech_llms_listen_through_the_pretrained_whisper(full_run):
     source = json.loads((recipe / "downloads" / "mini_whisper" / "source.json").read_text())
     assert source["model"].startswith("openai/whisper-base") and "why" not in source  # not the random fallback
     assert "D=512" in output  # stage 6 dumped Whisper base's 512-wide features
-    assert dev_cer(recipe, "decoder_only/short")["Err"] < 25.0  # measured: 2.8 % (2 LLM layers, 20 epochs)
-    assert dev_cer(recipe, "encoder_decoder/short")["Err"] < 50.0  # measured: 19.7 %
+    assert dev_cer(recipe, "decoder_only/short")["Err"] < 25.0  # measured: 2.5 % (2 LLM layers, 20 epochs)
+    assert dev_cer(recipe, "encoder_decoder/short")["Err"] < 50.0  # measured: 8.4 %
+
+
+@needs_tools
+def test_the_long_form_and_cot_runs_transcribe_the_current_utterance(full_run):
+    """Each answer part knows its speech segment (answer-part embeddings): before them the long-form and CoT runs
+    wrote another sentence of the script or the previous segment's transcript, 94-117 % dev CER and CoT NER F1
+    21 / 11 %; measured with them: 7.9-10.8 %, F1 83 / 49 % (decoder-only / encoder-decoder)."""
+    recipe, _ = full_run
+    for name in ("decoder_only/long", "decoder_only/cot", "encoder_decoder/long", "encoder_decoder/cot"):
+        assert dev_cer(recipe, name)["Err"] < 40.0, name
+    rows = summary_rows((recipe / "RESULTS.md").read_text(encoding="utf-8"))
+    assert float(rows["decoder_only/cot"][6]) > 50.0  # dev NER F1, %
 
 
 @needs_tools
 def test_every_speech_llm_run_listens_and_its_repairs_are_counted(full_run):
     """Speech reliance: the validation loss with another utterance's speech minus that with its own. Measured
-    on 2 cores: 2.1-6.4 nats a token (the encoder-decoder as first built: about 1 in a toy run)."""
+    on 2 cores: 1.7-8.2 nats a token (the encoder-decoder as first built: about 1 in a toy run)."""
     recipe, _ = full_run
     results = (recipe / "RESULTS.md").read_text(encoding="utf-8")
     listening = results.split("## Listening", 1)[1].split("\n## ", 1)[0]
