@@ -337,10 +337,6 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
         for dset in $(data_sets); do
             _data=${dumpdir}/raw/${dset}
             _out=${feats_dir}/${dset}
-            if [ ! -f "${_data}/wav.scp" ]; then
-                log "Error: ${_data}/wav.scp not found: run stages 3-4 first"
-                exit 1
-            fi
             log "Stage 6: Whisper feature dump: ${_data} -> ${_out} (${whisper_model}, pad_to_30s ${whisper_pad_to_30s}," \
                 "D=${_dim}, fp16; progress in ${_out}/logs/dump.*.log)"
             local/dump_whisper_features.sh --nj "${nj}" --ngpu "$(( ngpu < 1 ? ngpu : 1 ))" \
@@ -358,17 +354,8 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
 fi
 
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
-    _train_dir=${dumpdir}/raw/${train_set}
-    _valid_dir=${dumpdir}/raw/${valid_set}
-    _nj=$(printf '%s\n' "${nj}" "$(wc -l <"${_train_dir}/wav.scp")" "$(wc -l <"${_valid_dir}/wav.scp")" | sort -n | head -n 1)
-    [ -n "${conformer_config}" ] && conformer 10 --nj "${_nj}"
-    for dset in "${train_set}" "${valid_set}"; do
-        if [ -n "${whisper_model}" ] && [ ! -f "${feats_dir}/${dset}/feats.scp" ]; then
-            log "Error: ${feats_dir}/${dset}/feats.scp not found: run stage 6 (or --use_feature_cache false)"
-            exit 1
-        fi
-    done
     read_llm_plan
+    [ -n "${conformer_config}" ] && conformer 10 --nj "${nj}"
     _collected=" "
     for i in "${!llm_runs[@]}"; do
         read -r system phase config <<<"${llm_runs[i]}"
@@ -378,12 +365,12 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
             continue
         fi
         _collected+="${_stats_dir} "
-        log "Stage 10: collect stats of ${system}/${phase} (${config}) in ${_nj} job(s): ${_stats_dir}/logdir/stats.*.log"
+        log "Stage 10: collect stats of ${system}/${phase} (${config})"
         # on the cached features the shapes are feature frames (history included), not samples; utterances
         # stage 6 could not dump keep their keys (from wav.scp) with 0 frames
         # shellcheck disable=SC2086
-        local/collect_stats.sh --nj "${_nj}" --train_module espnet_llm.bin.speech_llm_train \
-            "${_train_dir}" "${_valid_dir}" "${_stats_dir}" -- \
+        local/collect_stats.sh --nj "${nj}" --train_module espnet_llm.bin.speech_llm_train \
+            "${dumpdir}/raw/${train_set}" "${dumpdir}/raw/${valid_set}" "${_stats_dir}" -- \
             --config "${config}" ${_opts} ${train_args}
     done
     stage_finished 10

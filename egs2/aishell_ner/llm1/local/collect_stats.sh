@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # ESPnet's collect-stats of one run (stage 10): the keys of the training and validation sets split into
-# --nj parts, the training program run with --collect_stats true on each part through ${train_cmd}
-# (cmd.sh), and the parts' statistics aggregated into <stats_dir>.
+# --nj parts (fewer if a set has fewer keys), the training program run with --collect_stats true on each
+# part through ${train_cmd} (cmd.sh), and the parts' statistics aggregated into <stats_dir>.
 #
 #   local/collect_stats.sh [--nj 2] --train_module <module> <train_dir> <valid_dir> <stats_dir> -- <options>
 #
 # <options>: those of the training program (config, data, ...). Run from the recipe directory.
 set -euo pipefail
+
+log() {
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"
+}
 
 nj=2
 train_module=  # espnet2.bin.asr_train, espnet_llm.bin.speech_llm_train
@@ -27,7 +31,11 @@ shift 3
 . ./path.sh
 . ./cmd.sh
 
+for scp in "${train_dir}/wav.scp" "${valid_dir}/wav.scp"; do  # at most a job a key
+    nj=$(( nj < $(wc -l <"${scp}") ? nj : $(wc -l <"${scp}") ))
+done
 logdir=${stats_dir}/logdir
+log "collect stats in ${nj} job(s): ${logdir}/stats.*.log"
 rm -rf "${stats_dir}"
 mkdir -p "${logdir}"
 python -m espnet_llm.data_prep.kaldi_dir split-keys "${train_dir}/wav.scp" "${nj}" "${logdir}/train"

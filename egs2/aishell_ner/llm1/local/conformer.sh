@@ -60,7 +60,7 @@ done
 
 case "${stage}" in
 10)
-    log "Stage 10: collect stats of conformer/asr (${train_config}) in ${nj} job(s): ${stats_dir}/logdir/stats.*.log"
+    log "Stage 10: collect stats of conformer/asr (${train_config})"
     # shellcheck disable=SC2086
     local/collect_stats.sh --nj "${nj}" --train_module espnet2.bin.asr_train \
         "${dumpdir}/raw/${train_set}" "${dumpdir}/raw/${valid_set}" "${stats_dir}" -- \

@@ -36,9 +36,10 @@ out_dir=$3
 . ./path.sh
 . ./cmd.sh
 
-for f in "${data_dir}/wav.scp"; do
-    [ -f "${f}" ] || { log "Error: ${f} not found"; exit 1; }
-done
+if [ ! -f "${data_dir}/wav.scp" ]; then
+    log "Error: ${data_dir}/wav.scp not found: run stages 3-4 of run.sh first"
+    exit 1
+fi
 _inputs=$(printf 'model_path %s\npad_to_30s %s\nnj %s\n' "$(readlink -f "${model_path}")" "${pad_to_30s}" "${nj}"
     { cat "${data_dir}/wav.scp" "${data_dir}/utt2num_samples" "${model_path}"/{config.json,source.json} 2>/dev/null \
         || true; } | md5sum)
