@@ -65,3 +65,15 @@ def test_split_keys_writes_numbered_parts(tmp_path):
     assert kaldi_dir.main(["split-keys", str(tmp_path / "wav.scp"), "2", str(tmp_path / "keys")]) == 0
     parts = [(tmp_path / f"keys.{n}.scp").read_text().splitlines() for n in (1, 2)]
     assert [len(p) for p in parts] == [2, 3] and parts[0][0] == "u0 /x/0.wav"
+
+
+def test_a_run_decodes_the_features_it_was_trained_on(tmp_path):
+    on_audio = write_config(tmp_path / "audio.yaml", speech_encoder="whisper")
+    on_features = write_config(tmp_path / "features.yaml", speech_encoder="whisper_cached")
+    (tmp_path / "feats" / "dev").mkdir(parents=True)
+    (tmp_path / "feats" / "dev" / "feats.scp").write_text("")
+    feats = str(tmp_path / "feats")
+    assert speech_llm_runs.decode_features(on_audio, feats, ["dev", "test"]) is None
+    assert speech_llm_runs.decode_features(on_features, feats, ["dev"]) == feats
+    with pytest.raises(speech_llm_runs.ConfigError, match="test/feats.scp is not there: run stage 6"):
+        speech_llm_runs.decode_features(on_features, feats, ["dev", "test"])

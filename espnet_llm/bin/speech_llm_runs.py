@@ -9,7 +9,8 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
             --valid_set SET [--feature_cache MODEL_PATH --feats_dir DIR] CONFIG...
         a line per config for stages 10 and 11, its fields separated by tabs: the collect-stats directory, the
         data and input options (of collect-stats and training), and the shape-file options (of training)
-    python -m espnet_llm.bin.speech_llm_runs trained_on_features RUN_DIR/config.yaml   (prints true or false)
+    python -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir DIR RUN_DIR/config.yaml SET...
+        DIR if the run was trained on cached features (each set's must be there), else nothing
     python -m espnet_llm.bin.speech_llm_runs has_gates RUN_DIR/config.yaml             (prints true or false)
 """
 from __future__ import annotations
@@ -142,6 +143,17 @@ def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def decode_features(run_config: str, feats_dir: str, sets: list[str]) -> str | None:
+    """The features a trained run decodes: ``feats_dir`` if it was trained on them, else None (the audio)."""
+    if load(run_config).get("speech_encoder") != "whisper_cached":
+        return None
+    for dset in sets:
+        if not Path(f"{feats_dir}/{dset}/feats.scp").is_file():
+            raise ConfigError(f"{run_config} was trained on cached Whisper features, and {feats_dir}/{dset}/feats.scp "
+                              f"is not there: run stage 6 with this set in --test_sets")
+    return feats_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m espnet_llm.bin.speech_llm_runs", description=__doc__.split("\n")[0])
     questions = parser.add_subparsers(dest="question", required=True)
@@ -156,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--feature_cache", metavar="MODEL_PATH", help="the runs train on this Whisper's features")
     plan_parser.add_argument("--feats_dir", help="the features: <feats_dir>/<set>/feats.scp")
     plan_parser.add_argument("configs", nargs="*")
-    for question in ("trained_on_features", "has_gates"):
-        questions.add_parser(question).add_argument("run_config")
+    decode_parser = questions.add_parser("decode_features")
+    decode_parser.add_argument("--feats_dir", required=True)
+    decode_parser.add_argument("run_config")
+    decode_parser.add_argument("sets", nargs="+")
+    questions.add_parser("has_gates").add_argument("run_config")
     args = parser.parse_args(argv)
     try:
         if args.question == "whisper":
@@ -167,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             print(whisper_dim(args.model_path))
         elif args.question == "plan":
             print("\n".join(plan(args.configs, args)))
-        elif args.question == "trained_on_features":
-            print(shell_word(load(args.run_config).get("speech_encoder") == "whisper_cached"))
+        elif args.question == "decode_features":
+            print(decode_features(args.run_config, args.feats_dir, args.sets) or "")
         else:
             print(shell_word(load(args.run_config).get("model") == "encoder_decoder"))
     except ConfigError as error:

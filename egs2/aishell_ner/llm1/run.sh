@@ -221,9 +221,13 @@ report_failed_dump() {  # <set> <what happens to them>
 
 # conformer <stage> [--option value ...]: the Conformer baseline's part of a stage, with run.sh's options
 conformer() {
-    local/conformer.sh --stage "$1" --dumpdir "${dumpdir}" --expdir "${expdir}" --train_set "${train_set}" \
-        --valid_set "${valid_set}" --test_sets "${test_sets}" --token_list "${char_token_list}" \
-        --train_config "${conformer_config}" --train_args "${train_args}" "${@:2}"
+    local/conformer.sh --stage "$1" --nj "${nj}" --dumpdir "${dumpdir}" --expdir "${expdir}" \
+        --train_set "${train_set}" --valid_set "${valid_set}" --test_sets "${test_sets}" \
+        --token_list "${char_token_list}" --blank "${blank}" --oov "${oov}" --sos_eos "${sos_eos}" \
+        --train_config "${conformer_config}" --train_args "${train_args}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
+        --dry_run "${dry_run}" --inference_config "${inference_config:-${conf_dir}/decode_asr_conformer.yaml}" \
+        --inference_model "${conformer_model}" --inference_nj "${inference_nj}" --inference_ngpu "${inference_ngpu}" \
+        --inference_args "${inference_args}" "${@:2}"
 }
 
 _stage_start=${SECONDS}
@@ -303,22 +307,9 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
 fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
-    log "Stage 5: char token list: ${dumpdir}/raw/${train_set}/text_ner -> ${char_token_list}"
-    mkdir -p "$(dirname "${char_token_list}")"
-    # Entity marks are characters of text_ner, so they become tokens (AISHELL-NER's entity-aware baseline).
-    # Run directly, not through ${train_cmd}: the job runner hands "<blank>:0" to bash unquoted, as Kaldi's does.
-    _log=$(dirname "${char_token_list}")/tokenize_text.log
-    if ! ${python} -m espnet2.bin.tokenize_text --token_type char \
-            --input "${dumpdir}/raw/${train_set}/text_ner" --output "${char_token_list}" --field 2- \
-            --cleaner none --g2p none --write_vocabulary true \
-            --add_symbol "${blank}:0" --add_symbol "${oov}:1" --add_symbol "${sos_eos}:-1" >"${_log}" 2>&1; then
-        tail -n 20 "${_log}"
-        log "Error: tokenize_text failed; log: ${_log}"
-        exit 1
-    fi
-    ${python} -m espnet_llm.data_prep.summary --token_list "${char_token_list}"
+    [ -n "${conformer_config}" ] && conformer 5
     if [ "${#llm_configs[@]}" -gt 0 ]; then
-        # The speech LLMs' models: each config names its Whisper and ChatGLM3 directories.
+        log "Stage 5: the speech LLMs' models, each config's Whisper and ChatGLM3, and ChatGLM3's tokenizer"
         # shellcheck disable=SC2046
         ${python} -m espnet_llm.bin.prepare_speech_llm_models --ct2_dir downloads/faster-whisper-base \
             $([ "${model_size}" = tiny ] && echo --tiny_models "${conf_dir}/tiny_models.yaml") \
@@ -355,7 +346,7 @@ fi
 
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     read_llm_plan
-    [ -n "${conformer_config}" ] && conformer 10 --nj "${nj}"
+    [ -n "${conformer_config}" ] && conformer 10
     _collected=" "
     for i in "${!llm_runs[@]}"; do
         read -r system phase config <<<"${llm_runs[i]}"
@@ -381,7 +372,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     train_system() {
         local system=$1 threads=$2 i _system phase config dir opts shapes from previous input=audio
         if [ "${system}" = conformer ]; then
-            conformer 11 --threads "${threads}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" --dry_run "${dry_run}"
+            conformer 11 --threads "${threads}"
             return
         fi
         [ -n "${whisper_model}" ] && input="cached Whisper features of ${feats_dir}"
@@ -424,11 +415,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
 fi
 
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
-    if [ -n "${conformer_config}" ]; then
-        conformer 12 --inference_config "${inference_config:-${conf_dir}/decode_asr_conformer.yaml}" \
-            --inference_model "${conformer_model}" --inference_nj "${inference_nj}" --inference_ngpu "${inference_ngpu}" \
-            --inference_args "${inference_args}"
-    fi
+    [ -n "${conformer_config}" ] && conformer 12
     for run in "${llm_runs[@]}"; do
         read -r system phase config <<<"${run}"
         _dir=${expdir}/${system}/${phase}
@@ -438,18 +425,12 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             exit 1
         fi
         # a speech LLM decodes what it was trained on (its config.yaml): audio, or the features of stage 6
-        _feats=
-        if [ "$(${python} -m espnet_llm.bin.speech_llm_runs trained_on_features "${_dir}/config.yaml")" = true ]; then
-            _feats=${feats_dir}
-            for dset in ${test_sets}; do
-                if [ ! -f "${feats_dir}/${dset}/feats.scp" ]; then
-                    log "Error: ${system}/${phase} was trained on cached Whisper features, and ${feats_dir}/${dset}/feats.scp" \
-                        "is not there: run stage 6 with this set in --test_sets"
-                    exit 1
-                fi
-                report_failed_dump "${dset}" "decoding writes an empty hypothesis for each, named and counted as broken"
-            done
-        fi
+        # shellcheck disable=SC2086
+        _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
+            "${_dir}/config.yaml" ${test_sets})
+        for dset in ${_feats:+${test_sets}}; do
+            report_failed_dump "${dset}" "decoding writes an empty hypothesis for each, named and counted as broken"
+        done
         log "Stage 12: decoding '${test_sets}' with ${system}/${phase} (${_config}${_feats:+, on the cached Whisper features of ${_feats}})," \
             "${inference_nj} job(s) per set: ${_dir}/decode_<set>/logdir/inference.*.log"
         # utt2history: the long-form phases put the speaker's previous utterances before each one

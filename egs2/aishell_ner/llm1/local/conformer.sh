@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# ESPnet's Conformer baseline (the run conformer/asr): its part of run.sh's stages 10-12, as in ESPnet's asr.sh.
-# It learns the marked text (text_ner, entity marks as tokens: AISHELL-NER's entity-aware baseline) from the
-# audio, with the char token list of stage 5.
+# ESPnet's Conformer baseline (the run conformer/asr): its part of run.sh's stages 5 and 10-12, as in ESPnet's
+# asr.sh. It learns the marked text (text_ner, entity marks as tokens: AISHELL-NER's entity-aware baseline)
+# from the audio.
 #
-#   local/conformer.sh --stage <10|11|12> [--option value ...]   # run.sh passes its own options
+#   local/conformer.sh --stage <5|10|11|12> [--option value ...]   # run.sh passes its own options
 #
+#   5   char token list of the training set's text_ner (entity marks included) -> <token_list>
 #   10  collect stats (shapes, feature statistics) -> <expdir>/stats/conformer_asr
 #   11  training -> <expdir>/conformer/asr (train.log; resumable)
 #   12  decoding of the test sets -> <expdir>/conformer/asr/decode_<set>/{text,text_ner}: the marked output is
@@ -27,6 +28,9 @@ train_set=train
 valid_set=dev
 test_sets="dev test"
 token_list=data/token_list/char/tokens.txt
+blank="<blank>"
+oov="<unk>"
+sos_eos="<sos/eos>"
 train_config=conf/train_asr_conformer.yaml
 train_args=
 dry_run=false
@@ -36,7 +40,7 @@ inference_nj=8
 inference_ngpu=0
 inference_args=
 
-help_message="Usage: $0 --stage <10|11|12> [--option value ...] (options: see the top of $0)"
+help_message="Usage: $0 --stage <5|10|11|12> [--option value ...] (options: see the top of $0)"
 
 . utils/parse_options.sh
 if [ $# -gt 0 ] || [ -z "${stage}" ]; then
@@ -59,6 +63,21 @@ for part in train valid; do
 done
 
 case "${stage}" in
+5)
+    log "Stage 5: char token list: ${dumpdir}/raw/${train_set}/text_ner -> ${token_list}"
+    mkdir -p "$(dirname "${token_list}")"
+    # Run directly, not through ${train_cmd}: the job runner hands "<blank>:0" to bash unquoted, as Kaldi's does.
+    _log=$(dirname "${token_list}")/tokenize_text.log
+    if ! python -m espnet2.bin.tokenize_text --token_type char \
+            --input "${dumpdir}/raw/${train_set}/text_ner" --output "${token_list}" --field 2- \
+            --cleaner none --g2p none --write_vocabulary true \
+            --add_symbol "${blank}:0" --add_symbol "${oov}:1" --add_symbol "${sos_eos}:-1" >"${_log}" 2>&1; then
+        tail -n 20 "${_log}"
+        log "Error: tokenize_text failed; log: ${_log}"
+        exit 1
+    fi
+    python -m espnet_llm.data_prep.summary --token_list "${token_list}"
+    ;;
 10)
     log "Stage 10: collect stats of conformer/asr (${train_config})"
     # shellcheck disable=SC2086
@@ -102,7 +121,7 @@ case "${stage}" in
     done
     ;;
 *)
-    echo "$0: --stage must be 10, 11 or 12, got '${stage}'" >&2
+    echo "$0: --stage must be 5, 10, 11 or 12, got '${stage}'" >&2
     exit 1
     ;;
 esac

@@ -4,7 +4,7 @@
 #
 #   local/dump_whisper_features.sh [--nj 4] [--ngpu 1] [--batch_size 16] <data_dir> <whisper_model_path> <out_dir>
 #
-# <data_dir>/wav.scp is split into N parts (utils/split_scp.pl); part n is dumped into <out_dir>/parts/n
+# <data_dir>/wav.scp is split into N parts (kaldi_dir split-keys); part n is dumped into <out_dir>/parts/n
 # through ${cuda_cmd} (cmd.sh), with its log in <out_dir>/logs/dump.n.log; then <out_dir>/feats.scp,
 # feats_shape, utt2num_frames and failed (utterances that could not be dumped, with the reason) are the
 # parts' files merged and sorted. Resumable: in a rerun each part's job skips the chunks it has already
