@@ -40,11 +40,17 @@ def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
     assert stats == "exp/stats/asr_long_history2_chatglm3"
     assert "dump/raw/train/wav.scp,speech,sound" in opts and "--speech_encoder" not in opts
     assert shapes.split()[:2] == ["--train_shape_file", f"{stats}/train/speech_shape"]
-    assert speech_llm_runs.main(args[:-1] + ["--feature_cache", str(tiny_models / "whisper"),
-                                             "--feats_dir", "feats", config]) == 0
+    cached = args[:-1] + ["--feature_cache", str(tiny_models / "whisper"), "--feats_dir", str(tmp_path / "feats"),
+                          config]
+    assert speech_llm_runs.main(cached) == 1
+    assert "feats/train/feats.scp not found: run stage 6" in capsys.readouterr().err
+    for dset in ("train", "dev"):
+        (tmp_path / "feats" / dset).mkdir(parents=True)
+        (tmp_path / "feats" / dset / "feats.scp").write_text("")
+    assert speech_llm_runs.main(cached) == 0
     stats, opts, _ = capsys.readouterr().out.rstrip("\n").split("\t")
     assert stats == "exp/stats/asr_long_history2_chatglm3_whisper_feats"
-    assert "feats/dev/feats.scp,speech,kaldi_ark" in opts
+    assert f"{tmp_path}/feats/dev/feats.scp,speech,kaldi_ark" in opts
     assert opts.endswith(f"--speech_encoder whisper_cached --speech_encoder_conf output_size={width} "
                          f"--batch_bins {600000 * 50 * width // 16000}")
 

@@ -59,7 +59,8 @@ def feature_whisper(configs: list[str]) -> tuple[str, str] | None:
         model = shell_word(config_value(config, path, "speech_encoder_conf.model_path", ""))
         pad = shell_word(config_value(config, path, "speech_encoder_conf.pad_to_30s", False))
         if not model:
-            raise ConfigError(f"{path} names no speech_encoder_conf model_path, the Whisper whose features stage 6 dumps")
+            raise ConfigError(f"{path} names no speech_encoder_conf model_path, "
+                              f"the Whisper whose features stage 6 dumps")
         if chosen is None:
             chosen = (path, model, pad)
         elif (model, pad) != chosen[1:]:
@@ -129,7 +130,8 @@ def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
     dim = whisper_dim(args.feature_cache) if args.feature_cache else None
     for dset in (args.train_set, args.valid_set) if dim else ():
         if not Path(f"{args.feats_dir}/{dset}/feats.scp").is_file():
-            raise ConfigError(f"{args.feats_dir}/{dset}/feats.scp not found: run stage 6 (or --use_feature_cache false)")
+            raise ConfigError(f"{args.feats_dir}/{dset}/feats.scp not found: "
+                              f"run stage 6 (or --use_feature_cache false)")
     lines = []
     for path in configs:
         config = load(path)
@@ -155,7 +157,8 @@ def decode_features(run_config: str, feats_dir: str, sets: list[str]) -> str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m espnet_llm.bin.speech_llm_runs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m espnet_llm.bin.speech_llm_runs",
+                                     description=__doc__.split("\n")[0])
     questions = parser.add_subparsers(dest="question", required=True)
     questions.add_parser("whisper").add_argument("configs", nargs="*")
     questions.add_parser("whisper_dim").add_argument("model_path")
