@@ -42,11 +42,6 @@ def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
     assert shapes.split()[:2] == ["--train_shape_file", f"{stats}/train/speech_shape"]
     cached = args[:-1] + ["--feature_cache", str(tiny_models / "whisper"), "--feats_dir", str(tmp_path / "feats"),
                           config]
-    assert speech_llm_runs.main(cached) == 1
-    assert "feats/train/feats.scp not found: run stage 6" in capsys.readouterr().err
-    for dset in ("train", "dev"):
-        (tmp_path / "feats" / dset).mkdir(parents=True)
-        (tmp_path / "feats" / dset / "feats.scp").write_text("")
     assert speech_llm_runs.main(cached) == 0
     stats, opts, _ = capsys.readouterr().out.rstrip("\n").split("\t")
     assert stats == "exp/stats/asr_long_history2_chatglm3_whisper_feats"

