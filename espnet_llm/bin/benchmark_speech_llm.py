@@ -57,11 +57,10 @@ from espnet_llm.models.prompts import PromptLayout
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.log_mel import SAMPLE_RATE
-from espnet_llm.speech.whisper_encoder import WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
+from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND, WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
 from espnet_llm.text.aishell_ner import strip_marks
 
 CHARS_PER_SECOND = 14 / 4.5  # AISHELL-1: about 14 characters in 4.5 s
-WHISPER_FRAMES_PER_SECOND = 50
 ARCHITECTURES = ("decoder_only", "encoder_decoder")
 
 

@@ -1,11 +1,15 @@
 """Write RESULTS.md from the scored experiments under an exp directory (layout: espnet_llm.scoring.results).
 
-    python -m espnet_llm.bin.make_results --expdir exp --out RESULTS.md
+    python -m espnet_llm.bin.make_results --expdir exp --out RESULTS.md [--cer_set dev --runs "<system>/<phase> ..."]
+
+With --cer_set, it then prints the CER of each of --runs on that set (those scored on it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from espnet_llm.scoring.results import write_results
 
@@ -14,12 +18,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--expdir", default="exp")
     parser.add_argument("--out", default="RESULTS.md")
+    parser.add_argument("--cer_set", help="print the CER of each of --runs on this set")
+    parser.add_argument("--runs", default="", help="<system>/<phase> names, space-separated")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
     summary = write_results(args.expdir, args.out)
     print(f"# wrote {args.out}")
     print(summary)
+    if args.cer_set:
+        print_cers(Path(args.expdir), args.runs.split(), args.cer_set)
+
+
+def print_cers(expdir: Path, runs: list[str], dset: str) -> None:
+    print(f"{dset} CER of each run:")
+    for run in runs:
+        result = expdir / run / f"decode_{dset}" / "score_cer" / "result.json"
+        if result.is_file():
+            cer = json.loads(result.read_text(encoding="utf-8"))["percent"]["Err"]
+            print("  %-24s %s CER %6.1f %%" % (run, dset, cer))
 
 
 if __name__ == "__main__":

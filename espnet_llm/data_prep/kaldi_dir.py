@@ -500,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("scp")
     p.add_argument("outputs", nargs="+")
 
+    p = commands.add_parser("split-keys", help="split one table into <prefix>.1.scp ... <prefix>.<N>.scp")
+    p.add_argument("scp")
+    p.add_argument("num_parts", type=int)
+    p.add_argument("prefix")
+
     p = commands.add_parser("utt2spk-to-spk2utt", help="read utt2spk (file or stdin), write spk2utt to stdout")
     p.add_argument("utt2spk", nargs="?", default="/dev/stdin")
 
@@ -530,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             split_data_dir(args.data_dir, args.num_parts, args.per_utt)
         elif args.command == "split-scp":
             split_scp(args.scp, args.outputs, args.utt2spk)
+        elif args.command == "split-keys":
+            split_scp(args.scp, [f"{args.prefix}.{n}.scp" for n in range(1, args.num_parts + 1)])
         elif args.command == "utt2spk-to-spk2utt":
             table = read_table(args.utt2spk, allow_empty_value=False)
             if table.malformed or table.duplicates:

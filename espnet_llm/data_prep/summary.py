@@ -1,5 +1,5 @@
 """The figures the recipe prints after its data stages: utterances, speakers, hours and entities by
-type per data directory, and what a char token list holds.
+type per data directory, what a char token list holds, and the disk cost of dumped Whisper features.
 """
 from __future__ import annotations
 
@@ -65,16 +65,29 @@ def describe_token_list(path: str | Path) -> list[str]:
     return lines
 
 
+def describe_feature_dumps(feats_dirs: list[str | Path]) -> str:
+    """The arks' bytes of stage 6's dumps over the hours of audio they cover."""
+    from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND  # torch: imported for this line only
+
+    size = sum(ark.stat().st_size for d in feats_dirs for ark in Path(d).glob("parts/*/data/feats.*.ark"))
+    frames = sum(int(n) for d in feats_dirs for n in read_table(Path(d) / "utt2num_frames").entries.values())
+    hours = frames / WHISPER_FRAMES_PER_SECOND / 3600
+    return f"{size / 1e6:.1f} MB of Whisper features for {hours:.3f} h of audio: {size / hours / 1e6:.1f} MB per hour"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m espnet_llm.data_prep.summary", description=__doc__.split("\n")[0])
     parser.add_argument("--fs", type=int, default=16000)
     parser.add_argument("--token_list", action="append", default=[], help="also describe this token list")
+    parser.add_argument("--whisper_feats", action="append", default=[], help="a dump of stage 6, to add up")
     parser.add_argument("data_dirs", nargs="*")
     args = parser.parse_args(argv)
     if args.data_dirs:
         print(format_table([summarize_data_dir(d, args.fs) for d in args.data_dirs]))
     for token_list in args.token_list:
         print("\n".join(describe_token_list(token_list)))
+    if args.whisper_feats:
+        print(describe_feature_dumps(args.whisper_feats))
     return 0
 
 

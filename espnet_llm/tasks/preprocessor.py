@@ -24,8 +24,7 @@ from espnet2.fileio.read_text import read_2columns_text
 from espnet2.train.dataset import DATA_TYPES
 
 from espnet_llm.models.prompts import PromptLayout
-
-WHISPER_FRAMES_PER_SECOND = 50  # 100 log-mel frames a second, halved by Whisper's stride-2 convolution
+from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND
 
 
 class FaultTolerantLoader(Mapping):

@@ -3,9 +3,12 @@
 Hand-written because no library reads this markup. Data preparation uses the strict parser
 (malformed marks are an error to report); model output goes through the lenient one, which
 never raises and lists what it had to repair.
+
+    python -m espnet_llm.text.aishell_ner <text_ner> <text>   # a Kaldi text file without its entity marks
 """
 from __future__ import annotations
 
+import sys
 import unicodedata
 from dataclasses import dataclass
 
@@ -110,3 +113,18 @@ def mark_entities(plain: str, entities: list[Entity]) -> str:
         pos = ent.end
     out.append(plain[pos:])
     return "".join(out)
+
+
+def strip_marks_of_table(marked_table: str, plain_table: str) -> None:
+    """Write a Kaldi text file (``<uttid> <marked transcript>`` lines) with the transcripts' marks removed."""
+    with open(marked_table, encoding="utf-8", newline="") as marked, \
+            open(plain_table, "w", encoding="utf-8", newline="") as plain:
+        for line in marked:
+            uttid, space, transcript = line.partition(" ")
+            plain.write(uttid + space + strip_marks(transcript))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m espnet_llm.text.aishell_ner <text_ner> <text>")
+    strip_marks_of_table(sys.argv[1], sys.argv[2])

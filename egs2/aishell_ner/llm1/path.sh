@@ -7,6 +7,8 @@ if [ ! -f "${MAIN_ROOT}/tools/venv/bin/activate" ]; then
 fi
 # shellcheck disable=SC1091
 . "${MAIN_ROOT}/tools/venv/bin/activate"
+# this checkout's espnet_llm first, whichever checkout the venv's editable install names
+export PYTHONPATH=${MAIN_ROOT}${PYTHONPATH:+:${PYTHONPATH}}
 export PATH=${PWD}/utils:${PATH}
 export LC_ALL=C  # byte order for sort, as the data directories are sorted
 export PYTHONIOENCODING=UTF-8

