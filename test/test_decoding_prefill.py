@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_speech_llm_models import ARCHITECTURES, ROWS, batch_for, build, open_cross_attention
 
-from espnet_llm.bin.benchmark_speech_llm import plain_decoding
+from espnet_llm.benchmarks.speech_llm import plain_decoding
 
 BEAM = 3
 

@@ -241,7 +241,7 @@ def test_broken_row_is_skipped_and_named(tiny_models, caplog):
 
 def test_preprocessor_reports_corrupt_empty_and_too_long_audio(tiny_models, tmp_path, caplog):
     from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
-    from espnet_llm.tasks.preprocessor import open_entry
+    from espnet_llm.tasks.speech_loader import open_entry
 
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
     soundfile.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.int16), 16000)

@@ -157,7 +157,7 @@ def test_cached_features_give_the_live_model_loss(wav_scp, tiny_models, tmp_path
     asr_long puts the history utterances (segments in samples, or in frames) before each one."""
     from espnet2.train.collate_fn import CommonCollateFn
 
-    from espnet_llm.tasks.preprocessor import open_entry
+    from espnet_llm.tasks.speech_loader import open_entry
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
     assert dump(wav_scp, tiny_models, tmp_path) == 0

@@ -41,7 +41,7 @@ from espnet.utils.cli_utils import get_commandline_args
 
 from espnet_llm.models.checkpoint import checkpoint_state
 from espnet_llm.models.prompts import TOKENS_PER_SECOND, Problem, PromptLayout
-from espnet_llm.tasks.preprocessor import open_entry
+from espnet_llm.tasks.speech_loader import open_entry
 from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
 from espnet_llm.text.aishell_ner import Entity
 

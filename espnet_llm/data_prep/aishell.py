@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from espnet_llm.data_prep.table_contracts import entities_field
 from espnet_llm.text.aishell_ner import ENTITY_TYPES, MarkupError, normalize_transcript, parse_marked
 
 SETS = ("train", "dev", "test")
@@ -245,7 +246,7 @@ def join_utterances(
                 wav_path=wav.path,
                 text=plain.text,
                 text_ner=marked.text,
-                entities=" ".join(f"{e.type}:{e.text}" for e in entities),
+                entities=entities_field(entities),
                 num_bytes=wav.num_bytes,
             )
         )

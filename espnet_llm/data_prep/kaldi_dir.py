@@ -5,8 +5,8 @@ Hand-written because the espnet wheel ships none of Kaldi's ``utils/`` data-dire
 
 A data directory holds one table per file, ``<id> <value>`` per line, sorted by id in byte order
 (``LC_ALL=C sort``, which is Python's order for UTF-8 text). Per-utterance tables are listed in
-``UTT_TABLES``; ``spk2utt`` is derived from ``utt2spk``. The AISHELL-NER tables (``text_ner``,
-``entities``) and ``utt2history`` are checked against ``text``/``utt2spk`` as the contracts say.
+``UTT_TABLES``; ``spk2utt`` is derived from ``utt2spk``. The project's own tables (``text_ner``,
+``entities``, ``utt2history``) are checked against ``text``/``utt2spk`` by ``table_contracts``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from espnet_llm.text.aishell_ner import MarkupError, parse_marked
+from espnet_llm.data_prep.table_contracts import check_history, check_ner_tables
 
 # Per-utterance tables, in the order reports name them.
 UTT_TABLES = ("wav.scp", "utt2spk", "text", "text_ner", "entities", "utt2history", "utt2num_samples", "utt2dur")
@@ -123,10 +123,6 @@ def _require(data_dir: Path, names: tuple[str, ...]) -> None:
 # validate
 
 
-def _entities_field(entities) -> str:
-    return " ".join(f"{e.type}:{e.text}" for e in entities)
-
-
 def validate_data_dir(data_dir: str | Path, require_text: bool = True, check_audio_files: bool = True) -> list[str]:
     """Every problem that makes ``data_dir`` unusable, one string each (empty list = valid).
 
@@ -180,9 +176,11 @@ def validate_data_dir(data_dir: str | Path, require_text: bool = True, check_aud
             seen_speakers.add(spk)
             last_speaker = spk
 
-    problems += _check_ner_tables(data_dir, tables)
+    if "text_ner" in tables:
+        entries = {name: tables[name].entries if name in tables else None for name in ("text", "entities")}
+        problems += check_ner_tables(data_dir, tables["text_ner"].entries, entries["text"], entries["entities"])
     if "utt2history" in tables:
-        problems += _check_history(data_dir / "utt2history", tables["utt2history"].entries, utt2spk)
+        problems += check_history(data_dir / "utt2history", tables["utt2history"].entries, utt2spk)
     if "utt2num_samples" in tables:
         for utt, value in tables["utt2num_samples"].entries.items():
             if not value.isdigit():
@@ -191,45 +189,6 @@ def validate_data_dir(data_dir: str | Path, require_text: bool = True, check_aud
         for utt, value in tables["wav.scp"].entries.items():
             if not value.endswith("|") and not os.path.isfile(value):
                 problems.append(f"{data_dir / 'wav.scp'}: utterance {utt}: audio file {value} does not exist")
-    return problems
-
-
-def _check_ner_tables(data_dir: Path, tables: dict[str, Table]) -> list[str]:
-    problems: list[str] = []
-    if "text_ner" not in tables:
-        return problems
-    text = tables["text"].entries if "text" in tables else None
-    entities = tables["entities"].entries if "entities" in tables else None
-    for utt, marked in tables["text_ner"].entries.items():
-        try:
-            plain, found = parse_marked(marked)
-        except MarkupError as e:
-            problems.append(f"{data_dir / 'text_ner'}: utterance {utt}: {e}")
-            continue
-        if text is not None and utt in text and text[utt] != plain:
-            problems.append(f"{data_dir / 'text_ner'}: utterance {utt}: without marks '{plain}' differs from text '{text[utt]}'")
-        if entities is not None and utt in entities and entities[utt] != _entities_field(found):
-            problems.append(f"{data_dir / 'entities'}: utterance {utt}: '{entities[utt]}' differs from the marks "
-                            f"of text_ner '{_entities_field(found)}'")
-    return problems
-
-
-def _check_history(path: Path, utt2history: dict[str, str], utt2spk: dict[str, str]) -> list[str]:
-    problems: list[str] = []
-    for utt, value in utt2history.items():
-        previous = value.split()
-        for prev in previous:
-            if prev not in utt2spk:
-                why = "is not in this directory"
-            elif utt in utt2spk and utt2spk[prev] != utt2spk[utt]:
-                why = f"belongs to speaker {utt2spk[prev]}, not {utt2spk[utt]}"
-            elif prev >= utt:
-                why = "does not come before it"
-            else:
-                continue
-            problems.append(f"{path}: utterance {utt}: history entry {prev} {why}")
-        if previous != sorted(previous):
-            problems.append(f"{path}: utterance {utt}: history is not oldest first")
     return problems
 
 

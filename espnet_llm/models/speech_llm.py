@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import LogitsProcessorList
 
-from espnet_llm.models.llm import positions
+from espnet_llm.llm.lora_llm import positions
 from espnet_llm.models.prompts import AnswerShape, ParsedOutput, PromptLayout
 
 IGNORE = -100

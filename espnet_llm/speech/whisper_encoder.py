@@ -46,6 +46,7 @@ __all__ = [
     "WHISPER_FRAMES_PER_SECOND",
     "WHISPER_LARGE_V2_CONFIG",
     "SpeechTooLongError",
+    "WhisperArchitecture",
     "WhisperSpeechEncoder",
     "load_whisper_encoder",
     "whisper_config",
@@ -184,3 +185,15 @@ class WhisperSpeechEncoder(nn.Module):
             x = layer(x, attention_mask)
         x = enc.layer_norm(x)
         return x.masked_fill(~hidden_valid[..., None], 0.0)
+
+
+class WhisperArchitecture(nn.Module):
+    """Whisper's encoder without weights, for dry runs and parameter counts (the frozen encoder adds no
+    trainable parameter, only its width matters)."""
+
+    def __init__(self, model_path: str, **ignored):
+        super().__init__()
+        self.encoder = whisper_encoder_on_meta(whisper_config(model_path).to_dict())
+
+    def output_size(self) -> int:
+        return self.encoder.config.d_model

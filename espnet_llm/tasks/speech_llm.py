@@ -22,19 +22,19 @@ from espnet2.train.collate_fn import CommonCollateFn
 from espnet2.train.dataset import ESPnetDataset
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
-from torch import nn
 from torch.utils.data import DataLoader
 
+from espnet_llm.llm.lora_llm import ChatGLM3LLM
 from espnet_llm.models.adapter import FrameStackAdapter
 from espnet_llm.models.decoder_only import DecoderOnlySpeechLLM
 from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
-from espnet_llm.models.llm import ChatGLM3LLM
 from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
-from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, whisper_config, whisper_encoder_on_meta
+from espnet_llm.speech.whisper_encoder import WhisperArchitecture, WhisperSpeechEncoder
 from espnet_llm.tasks.phase_trainer import PhaseTrainer
-from espnet_llm.tasks.preprocessor import FaultTolerantLoader, SpeechLLMPreprocessor
+from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
+from espnet_llm.tasks.speech_loader import FaultTolerantLoader
 
 model_choices = ClassChoices(
     "model",
@@ -51,18 +51,6 @@ adapter_choices = ClassChoices(
     "speech_adapter", classes=dict(frame_stack=FrameStackAdapter), default="frame_stack", optional=True
 )
 llm_choices = ClassChoices("llm", classes=dict(chatglm3=ChatGLM3LLM), default="chatglm3")
-
-
-class WhisperArchitecture(nn.Module):
-    """Whisper's encoder without weights, for dry runs and parameter counts (the frozen encoder adds no
-    trainable parameter, only its width matters)."""
-
-    def __init__(self, model_path: str, **ignored):
-        super().__init__()
-        self.encoder = whisper_encoder_on_meta(whisper_config(model_path).to_dict())
-
-    def output_size(self) -> int:
-        return self.encoder.config.d_model
 
 
 class SpeechLLMTask(AbsTask):

@@ -1,8 +1,8 @@
 """Training and decoding speed of the speech LLMs, and what each optimisation buys, side by side in one run.
 
-    python -m espnet_llm.bin.benchmark_speech_llm --size tiny                  # CPU, the tiny models
-    python -m espnet_llm.bin.benchmark_speech_llm --size full --device cuda    # Whisper-large-v2 + ChatGLM3-6B
-    python -m espnet_llm.bin.benchmark_speech_llm --arithmetic_only            # full-size FLOPs and memory, no run
+    python -m espnet_llm.benchmarks.speech_llm --size tiny                  # CPU, the tiny models
+    python -m espnet_llm.benchmarks.speech_llm --size full --device cuda    # Whisper-large-v2 + ChatGLM3-6B
+    python -m espnet_llm.benchmarks.speech_llm --arithmetic_only            # full-size FLOPs and memory, no run
 
 Models have random weights, built from the configs (H4's model classes: DecoderOnlySpeechLLM,
 EncoderDecoderSpeechLLM with ChatGLM3LLM, LoRA rank 32 on q/k/v/o/gate_up/down). Batches follow AISHELL:
@@ -52,7 +52,7 @@ from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG
 from espnet_llm.models.adapter import FrameStackAdapter
 from espnet_llm.models.decoder_only import DecoderOnlySpeechLLM
 from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
-from espnet_llm.models.llm import ChatGLM3LLM
+from espnet_llm.llm.lora_llm import ChatGLM3LLM
 from espnet_llm.models.prompts import PromptLayout
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures

@@ -1,6 +1,6 @@
 """Peak memory of ChatGLM3 conversion and loading on a random checkpoint with ChatGLM3-6B's real shapes.
 
-    python -m espnet_llm.bin.benchmark_convert_chatglm3 [--num_layers 2] [--num_shards 4] [--dtype bfloat16]
+    python -m espnet_llm.benchmarks.convert_chatglm3 [--num_layers 2] [--num_shards 4] [--dtype bfloat16]
 
 Writes the checkpoint (official layout, real tensor shapes, fewer layers), then runs the converter and the
 loader each in a fresh process and prints its peak resident memory (VmHWM) next to the

@@ -4,7 +4,7 @@ The hypotheses are the shipped dev transcript with seeded character errors (3% d
 substituted, 2% inserted), so marks are sometimes broken too. Prints the counts of both CER
 back ends (they must agree) and the seconds each scorer takes.
 
-    python -m espnet_llm.bin.benchmark_scoring [--work_dir DIR]
+    python -m espnet_llm.benchmarks.scoring [--work_dir DIR]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Whisper encoder forward time, padded to 30 s versus variable length, for ~5-s utterances.
 
-    python -m espnet_llm.bin.benchmark_whisper_modes [--batch_size 8] [--seconds 5] [--repeats 5]
+    python -m espnet_llm.benchmarks.whisper_modes [--batch_size 8] [--seconds 5] [--repeats 5]
 
 Always the tiny random model on the CPU; also Whisper-large-v2's full-size encoder (random
 weights, float16) when a GPU is present. Prints the median seconds per batch and the ratio.

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from espnet_llm.models.lora import GLM_PROJECTIONS, apply_lora
+from espnet_llm.llm.lora import GLM_PROJECTIONS, apply_lora
 from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
 
 
