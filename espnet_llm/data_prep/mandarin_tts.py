@@ -55,9 +55,21 @@ class LanguageSwitchError(ValueError):
 
 
 class MandarinSpeaker:
-    """Speaks and phonemizes Mandarin text with one libespeak-ng (>= 1.52) per process."""
+    """Speaks and phonemizes Mandarin text with one libespeak-ng (>= 1.52) per process: every
+    ``MandarinSpeaker()`` of a process is the same one (a forked child's is its parent's). The library keeps global
+    state; initialising it again in one process, as the test suite did from several places, is the likely cause of
+    what broke two of its runs on 2026-12-05 (a segfault inside espeak_Synth; garbled phonemes in another)."""
+
+    _instance: MandarinSpeaker | None = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
 
     def __init__(self):
+        if hasattr(self, "_lib"):  # this process's library, initialised once
+            return
         try:
             import espeakng_loader
         except ImportError:
