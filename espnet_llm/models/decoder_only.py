@@ -21,8 +21,7 @@ class DecoderOnlySpeechLLM(SpeechLLM):
 
     def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         feats = feats.to(self.llm.causal_lm.dtype)
-        parts = segments.clamp(max=self.part_embedding.num_embeddings - 1)
-        feats = feats + self.part_embedding(parts).to(feats.dtype)
+        feats = feats + self.part_embedding(self.segment_parts(segments)).to(feats.dtype)
         ends = (segments[1:] != segments[:-1]).nonzero().flatten().tolist()  # the last frame of each history segment
         if not ends:
             return feats

@@ -57,8 +57,7 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
     @contextlib.contextmanager
     def attending_to(self, memory, memory_lengths, memory_segments, repeat: int = 1):
         mask = torch.arange(memory.shape[1], device=memory.device)[None] < memory_lengths[:, None]
-        segments = memory_segments.clamp(max=self.segment_embedding.num_embeddings - 1)
-        memory = memory + self.segment_embedding(segments).to(memory.dtype)
+        memory = memory + self.segment_embedding(self.segment_parts(memory_segments)).to(memory.dtype)
         # beam search runs beam_size copies of each row side by side (transformers' repeat_interleave)
         self.memory.set(memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0))
         try:

@@ -148,7 +148,11 @@ class SpeechLLM(AbsESPnetModel):
         """(T,) the answer part each target token, as an input, predicts the next token of: K (the first history
         transcript) down to 0 (the current utterance, and its marked copy), counted back as the speech segments."""
         seps_so_far = (target == self.layout.sep_id).long().cumsum(0)
-        return (seps_so_far[-1] - seps_so_far).clamp(min=0, max=self.part_embedding.num_embeddings - 1)
+        return self.segment_parts((seps_so_far[-1] - seps_so_far).clamp(min=0))
+
+    def segment_parts(self, segments: torch.Tensor) -> torch.Tensor:
+        """Segments counted back from the current utterance -> their part (older ones share the last)."""
+        return segments.clamp(max=self.part_embedding.num_embeddings - 1)
 
     def current_utterance_mask(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, L) True at the target tokens that come after the row's last separator (all of them without one)."""
@@ -178,7 +182,7 @@ class SpeechLLM(AbsESPnetModel):
         for b, n in enumerate(memory_lengths.tolist()):
             segments = memory_segments[b, :n]
             # the last prompt token predicts the first answer token, of the oldest segment's part
-            first_part = self.part_embedding(segments[:1].clamp(max=self.part_embedding.num_embeddings - 1))
+            first_part = self.part_embedding(self.segment_parts(segments[:1]))
             last = suffix[-1:] + first_part.to(suffix.dtype)
             rows.append(torch.cat([prefix, self.speech_in_prompt(memory[b, :n], segments), suffix[:-1], last]))
         return rows
@@ -255,10 +259,9 @@ class SpeechLLM(AbsESPnetModel):
         rows_without_token = list(range(len(self.llm.tokenizer), self.llm.model.config.vocab_size))
         # the answer has a separator after each history utterance the row had
         num_history = [0] * len(speech) if speech_segments is None else ((speech_segments > 0).sum(1) - 1).tolist()
-        shape = AnswerShape(self.layout, [k for k in num_history for _ in range(beam_size)])
-        with self.attending_to(memory, memory_lengths, memory_segments, repeat=beam_size), self.tagging_parts(
-            [k for k in num_history for _ in range(beam_size)]
-        ):
+        per_beam = [k for k in num_history for _ in range(beam_size)]  # transformers' order: a row's beams side by side
+        shape = AnswerShape(self.layout, per_beam)
+        with self.attending_to(memory, memory_lengths, memory_segments, repeat=beam_size), self.tagging_parts(per_beam):
             # GlmForCausalLM's generate: peft's puts back its own prepare_inputs_for_generation (LoRA is in place)
             out = self.llm.causal_lm.generate(
                 logits_processor=LogitsProcessorList([shape]),
@@ -305,7 +308,7 @@ class SpeechLLM(AbsESPnetModel):
             new = inputs.get("input_ids")
             if new is not None:
                 seps = (input_ids == self.layout.sep_id).sum(1)
-                parts = (num_history.to(seps.device) - seps).clamp(0, self.part_embedding.num_embeddings - 1)
+                parts = self.segment_parts((num_history.to(seps.device) - seps).clamp(min=0))
                 embeds = self.llm.embed(new)
                 inputs["input_ids"] = None
                 inputs["inputs_embeds"] = embeds + self.part_embedding(parts)[:, None].to(embeds.dtype)
