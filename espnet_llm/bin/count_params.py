@@ -37,7 +37,8 @@ def published_architectures(workdir: Path) -> tuple[Path, Path]:
     return whisper, chatglm3
 
 
-def count(config: Path, workdir: Path) -> tuple[str, dict, int]:
+def full_size_args(config: Path, workdir: Path):
+    """The parsed training config, its model paths that do not exist here replaced by the published architectures."""
     args = SpeechLLMTask.get_parser().parse_args(["--config", str(config), "--output_dir", str(workdir / "out")])
     whisper, chatglm3 = None, None
     for conf, which in ((args.speech_encoder_conf, 0), (args.llm_conf, 1)):
@@ -45,8 +46,19 @@ def count(config: Path, workdir: Path) -> tuple[str, dict, int]:
             if whisper is None:
                 whisper, chatglm3 = published_architectures(workdir / "published")
             conf["model_path"] = str((whisper, chatglm3)[which])
+    return args
+
+
+def build_on_meta(config: Path, workdir: Path):
+    """(args, model): the model of a training config at its real size and dtypes, as training builds it, on the
+    meta device."""
+    args = full_size_args(config, workdir)
     with torch.device("meta"):
-        model = SpeechLLMTask.build_model(args, load_weights=False)
+        return args, SpeechLLMTask.build_model(args, load_weights=False)
+
+
+def count(config: Path, workdir: Path) -> tuple[str, dict, int]:
+    args, model = build_on_meta(config, workdir)
     return args.model, dict(trainable_counts(model)), sum(p.numel() for p in model.parameters())
 
 

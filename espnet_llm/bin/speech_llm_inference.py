@@ -36,9 +36,10 @@ import yaml
 from espnet2.fileio.datadir_writer import DatadirWriter
 from espnet2.fileio.read_text import read_2columns_text
 from espnet2.utils import config_argparse
-from espnet2.utils.types import str2triple_str, str_or_none
+from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
+from espnet_llm.dtypes import torch_dtype
 from espnet_llm.models.checkpoint import checkpoint_state
 from espnet_llm.models.prompts import TOKENS_PER_SECOND, Problem, PromptLayout
 from espnet_llm.tasks.speech_loader import open_entry
@@ -48,15 +49,34 @@ from espnet_llm.text.aishell_ner import Entity
 LENGTH_FILES = ("utt2num_samples", "feats_shape")  # looked for beside the speech scp (audio, dumped features)
 
 
-def load_model(train_config: str, model_file: str | None, device: str, dtype: str = "float32"):
-    """The model of a training config, the trained weights (all, or trainable only) loaded over the base models."""
+LARGE_ON_CPU = 1e9  # parameters: a CPU decode of more is refused unless asked for (ChatGLM3-6B: 25 GB a job in float32)
+
+
+def load_model(train_config: str, model_file: str | None, device: str, allow_large_model_on_cpu: bool = False):
+    """The model of a training config as training builds it (frozen weights in the config's dtype, what trains in
+    float32), the trained weights (all, or trainable only) loaded over the base models."""
     with open(train_config, encoding="utf-8") as f:
         args = argparse.Namespace(**yaml.safe_load(f))
+    if device == "cpu" and not allow_large_model_on_cpu:
+        with torch.device("meta"):  # the size, from the config files alone
+            size = sum(p.numel() for p in SpeechLLMTask.build_model(args, load_weights=False).parameters())
+        if size > LARGE_ON_CPU:
+            raise ValueError(
+                f"{train_config}: a model of {size / 1e9:.1f}B parameters would be decoded on the CPU: decode on GPUs "
+                f"(run.sh --gpu_inference true), or pass --allow_large_model_on_cpu true (run.sh --inference_args) "
+                f"to decode on the CPU anyway, with the memory of the whole model in every job"
+            )
     model = SpeechLLMTask.build_model(args)
     if model_file is not None:
         model.load_state_dict(checkpoint_state(model_file))  # strict on the trainable weights; the frozen ones come from the base models
-    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    model.to(device=device).eval()
     return model, args
+
+
+def autocast_dtype(train_args) -> torch.dtype:
+    """The dtype the decoding runs its matmuls in: that of the frozen LLM weights, as training does with ESPnet's
+    use_amp (the float32 trainable weights and gate adds are cast by autocast, not by hand)."""
+    return torch_dtype(train_args.llm_conf.get("dtype", "float32"), "llm_conf dtype")
 
 
 def utterance_lengths(
@@ -122,13 +142,15 @@ class Speech2Text:
         speech_llm_train_config: str,
         speech_llm_model_file: str | None = None,
         device: str = "cpu",
-        dtype: str = "float32",
         beam_size: int = 1,
         max_new_tokens: int = 200,
         tokens_per_second: float = TOKENS_PER_SECOND,
+        allow_large_model_on_cpu: bool = False,
     ):
-        self.model, self.train_args = load_model(speech_llm_train_config, speech_llm_model_file, device, dtype)
-        self.device, self.dtype = device, getattr(torch, dtype)
+        self.model, self.train_args = load_model(
+            speech_llm_train_config, speech_llm_model_file, device, allow_large_model_on_cpu
+        )
+        self.device, self.dtype = device, autocast_dtype(self.train_args)
         self.beam_size, self.max_new_tokens, self.tokens_per_second = beam_size, max_new_tokens, tokens_per_second
         self.preprocessor = SpeechLLMTask.preprocessor_for(self.train_args, [])  # its checks and time steps a second
 
@@ -158,10 +180,12 @@ class Speech2Text:
         speech, speech_lengths = speech.to(self.device), speech_lengths.to(self.device)
         rate = self.preprocessor.rate
         limit = token_limit(self.layout, speech_lengths, segments, rate, self.tokens_per_second, self.max_new_tokens)
-        decoded = self.model.generate(
-            speech.to(self.dtype), speech_lengths, None if segments is None else segments.to(self.device),
-            beam_size=self.beam_size, max_new_tokens=limit,
-        )
+        # the audio stays float32 up to the log-mel; bf16 weights run under autocast, as in training
+        with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            decoded = self.model.generate(
+                speech, speech_lengths, None if segments is None else segments.to(self.device),
+                beam_size=self.beam_size, max_new_tokens=limit,
+            )
         return [Hypothesis(p.text, p.marked, p.entities, score, ids, p.problems) for ids, score, p in decoded]
 
 
@@ -176,17 +200,17 @@ def inference(
     beam_size: int = 1,
     max_new_tokens: int = 200,
     tokens_per_second: float = TOKENS_PER_SECOND,
-    dtype: str = "float32",
     num_workers: int = 1,
     log_interval: int = 20,
     shape_file: str | None = None,
+    allow_large_model_on_cpu: bool = False,
 ) -> dict:
     """Decode every utterance; returns counts (utterances, broken, parse problems and their kinds)."""
     if ngpu > 1:
         raise NotImplementedError("decode with --ngpu 0 or 1; split the data for more (ESPnet's --inference_nj)")
     speech2text = Speech2Text(
-        speech_llm_train_config, speech_llm_model_file, "cuda" if ngpu > 0 else "cpu", dtype, beam_size,
-        max_new_tokens, tokens_per_second,
+        speech_llm_train_config, speech_llm_model_file, "cuda" if ngpu > 0 else "cpu", beam_size,
+        max_new_tokens, tokens_per_second, allow_large_model_on_cpu,
     )
     train_args, layout = speech2text.train_args, speech2text.layout
     preprocessor = SpeechLLMTask.preprocessor_for(train_args, data_path_and_name_and_type)
@@ -267,7 +291,10 @@ def get_parser():
     parser.add_argument("--output_dir", type=str, required=True)
     parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: one GPU")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument(
+        "--allow_large_model_on_cpu", type=str2bool, default=False,
+        help="decode a model of over 1B parameters on the CPU (refused by default: each job holds the whole model)",
+    )
     parser.add_argument("--num_workers", type=int, default=1)
     group = parser.add_argument_group("Input data related")
     group.add_argument("--data_path_and_name_and_type", type=str2triple_str, required=True, action="append")

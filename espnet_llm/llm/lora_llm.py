@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from espnet_llm.dtypes import torch_dtype
 from espnet_llm.llm.lora import GLM_PROJECTIONS, apply_lora
 from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
 
@@ -15,6 +16,8 @@ from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
 class ChatGLM3LLM(nn.Module):
     """A frozen ChatGLM3 with LoRA adapters; also owns the tokenizer (``<model_path>/tokenizer.model``).
 
+    dtype: of the frozen weights (bfloat16 at full size: ChatGLM3-6B is 12.5 GB so, 25 GB in float32); what trains
+    is float32 (``apply_lora``), and a bfloat16 model runs under autocast (ESPnet's ``use_amp``, and decoding).
     load_weights=False builds the architecture from config.json only (on whatever device is the default,
     e.g. the meta device): used by --dry_run, --collect_stats and the full-size parameter count.
     """
@@ -28,20 +31,22 @@ class ChatGLM3LLM(nn.Module):
         lora_targets: list[str] | tuple[str, ...] = GLM_PROJECTIONS,
         train_task_tokens: bool = True,
         gradient_checkpointing: bool = False,
+        dtype: str = "float32",
         load_weights: bool = True,
     ):
         super().__init__()
         from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 
+        frozen_dtype = torch_dtype(dtype, "llm_conf dtype")
         self.tokenizer = ChatGLM3Tokenizer(str(Path(model_path) / "tokenizer.model"))
         if load_weights:
             from espnet_llm.llm.chatglm3 import load_chatglm3
 
-            llm = load_chatglm3(model_path)
+            llm = load_chatglm3(model_path, dtype=frozen_dtype)
         else:
             import transformers
 
-            llm = transformers.GlmForCausalLM(glm_config_from_dir(model_path))
+            llm = transformers.GlmForCausalLM(glm_config_from_dir(model_path)).to(frozen_dtype)
         if llm.config.vocab_size < len(self.tokenizer):
             raise ValueError(
                 f"{model_path}: the LLM has {llm.config.vocab_size} embedding rows but the tokenizer "
@@ -76,12 +81,18 @@ class ChatGLM3LLM(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.causal_lm.get_input_embeddings()(ids)
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last-layer states (B, L, H), after the final norm; the output layer is applied by the caller
-        to the positions it needs only (a 65k-wide logit row for every prompt position would waste memory)."""
+        to the positions it needs only (a 65k-wide logit row for every prompt position would waste memory).
+
+        attention_mask None: rows padded on the right only, whose real positions never look at the padding under
+        causal attention; without a mask SDPA may take its flash kernel."""
+        if attention_mask is None:
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+        else:
+            position_ids = positions(attention_mask)
         return self.causal_lm.model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions(attention_mask),
-            use_cache=False,
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
         ).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

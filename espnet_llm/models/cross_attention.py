@@ -69,7 +69,10 @@ class GatedCrossAttention(nn.Module):
         mask = mask | ~mask.any(-1, keepdim=True)
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         attended = attended.transpose(1, 2).reshape(batch, length, -1)
-        return hidden + torch.tanh(self.gate).to(hidden.dtype) * self.out(attended)
+        # In float32, and left so: added to a bf16 residual of RMS 1, a gated change of RMS 0.001 leaves most
+        # elements unchanged. The residual stream stays float32 from here on; under autocast (training, bf16
+        # decoding) the LLM's matmuls still run in bf16.
+        return hidden.float() + torch.tanh(self.gate.float()) * self.out(attended).float()
 
 
 class CrossAttendingDecoderLayer(nn.Module):

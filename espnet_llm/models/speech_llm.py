@@ -198,9 +198,8 @@ class SpeechLLM(AbsESPnetModel):
             labels.append(torch.cat([target.new_full((len(prompt),), IGNORE), target]))
         embeds = pad_sequence(rows, batch_first=True)
         labels = pad_sequence(labels, batch_first=True, padding_value=IGNORE)
-        mask = pad_sequence([torch.ones(len(r), dtype=torch.long, device=embeds.device) for r in rows], batch_first=True)
         with self.attending_to(memory, memory_lengths, memory_segments):
-            return self.llm.hidden_states(embeds, mask), labels
+            return self.llm.hidden_states(embeds), labels  # right-padded: no mask needed (see hidden_states)
 
     # ---------------------------------------------------------------- architecture hooks
     @abstractmethod
@@ -319,6 +318,15 @@ class SpeechLLM(AbsESPnetModel):
             yield
         finally:
             del causal_lm.prepare_inputs_for_generation
+
+    # ---------------------------------------------------------------- optimisation
+    def exempt_from_weight_decay(self) -> None:
+        """Mark what weight decay must not pull to zero: ESPnet's ``exclude_weight_decay`` exempts biases,
+        nn.Embedding and LayerNorm-family weights; this adds the other trainable vectors (tanh gates, RMSNorm
+        weights) and the task-token rows of the input and output layers (peft's, no nn.Embedding)."""
+        for name, p in self.named_parameters():
+            if p.requires_grad and (p.ndim < 2 or "trainable_tokens" in name):
+                p._no_weight_decay = True  # read by espnet2.optimizers.optim_groups
 
     # ---------------------------------------------------------------- checkpoints
     def trainable_names(self) -> set[str]:

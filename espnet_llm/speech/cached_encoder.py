@@ -17,12 +17,16 @@ from espnet_llm.speech.whisper_encoder import whisper_config
 class CachedWhisperFeatures(nn.Module):
     """(feats (B, T', D) float16/32, lengths (B,)) -> (feats as float32 zeroed past each length, lengths)."""
 
-    def __init__(self, output_size: int | None = None, model_path: str | None = None, pad_to_30s: bool = False):
+    def __init__(
+        self, output_size: int | None = None, model_path: str | None = None, pad_to_30s: bool = False,
+        dtype: str = "float32",
+    ):
         """The width D of the features: ``output_size``, else the d_model of ``model_path``, the Whisper that
         dumped them (1280 for large-v2). The arguments are those of WhisperSpeechEncoder so that a training
         config switches to the cache with ``--speech_encoder whisper_cached`` alone (ESPnet merges a
         command-line ``--speech_encoder_conf`` into the YAML's); ``pad_to_30s`` only says how the features
-        were dumped (both modes store the frames that cover the speech) and is shown in the model summary.
+        were dumped (both modes store the frames that cover the speech) and is shown in the model summary;
+        ``dtype`` (of the Whisper weights) has nothing to apply to: the features are read as float32.
         """
         super().__init__()
         if output_size is None:

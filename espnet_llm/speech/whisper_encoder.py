@@ -29,6 +29,7 @@ from transformers import WhisperConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from espnet_llm.dtypes import torch_dtype
 from espnet_llm.speech.ctranslate2_checkpoint import (
     ctranslate2_whisper_config,
     is_ctranslate2_whisper_dir,
@@ -135,11 +136,19 @@ def whisper_encoder_on_meta(config: dict = WHISPER_LARGE_V2_CONFIG) -> WhisperEn
 class WhisperSpeechEncoder(nn.Module):
     """(speech (B, T) 16 kHz, speech_lengths (B,)) -> (hidden (B, T', d_model), hidden_lengths (B,))."""
 
-    def __init__(self, model_path: str | Path | WhisperEncoder, pad_to_30s: bool = False, freeze: bool = True):
+    def __init__(
+        self, model_path: str | Path | WhisperEncoder, pad_to_30s: bool = False, freeze: bool = True,
+        dtype: str = "float32",
+    ):
         """``model_path``: a transformers or CTranslate2 Whisper directory, an OpenAI .pt file, or a built
-        WhisperEncoder."""
+        WhisperEncoder. ``pad_to_30s``: every input padded to Whisper's 30 s window, as Whisper was trained (the
+        full-size configs'; False: each row only as long as its speech, faster, the mini recipe's). ``dtype``: of the frozen weights; the
+        audio and its log-mel stay float32."""
         super().__init__()
-        self.encoder = model_path if isinstance(model_path, WhisperEncoder) else load_whisper_encoder(model_path)
+        if isinstance(model_path, WhisperEncoder):
+            self.encoder = model_path
+        else:
+            self.encoder = load_whisper_encoder(model_path, dtype=torch_dtype(dtype, "speech_encoder_conf dtype"))
         self.log_mel = WhisperLogMel(self.encoder.config.num_mel_bins, pad_to_30s=pad_to_30s)
         self.pad_to_30s = pad_to_30s
         self.freeze = freeze
@@ -191,9 +200,10 @@ class WhisperArchitecture(nn.Module):
     """Whisper's encoder without weights, for dry runs and parameter counts (the frozen encoder adds no
     trainable parameter, only its width matters)."""
 
-    def __init__(self, model_path: str, **ignored):
+    def __init__(self, model_path: str, dtype: str = "float32", **ignored):
         super().__init__()
-        self.encoder = whisper_encoder_on_meta(whisper_config(model_path).to_dict())
+        encoder = whisper_encoder_on_meta(whisper_config(model_path).to_dict())
+        self.encoder = encoder.to(torch_dtype(dtype, "speech_encoder_conf dtype"))
 
     def output_size(self) -> int:
         return self.encoder.config.d_model

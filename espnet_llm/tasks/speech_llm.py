@@ -123,6 +123,7 @@ class SpeechLLMTask(AbsTask):
             adapter = adapter_class(input_size=speech_encoder.output_size(), **conf)
         layout = PromptLayout(llm.tokenizer, args.prompt_task)
         model = model_choices.get_class(args.model)(speech_encoder, adapter, llm, layout, **args.model_conf)
+        model.exempt_from_weight_decay()  # applies where the config sets exclude_weight_decay
         logging.info("trainable parameters:\n" + trainable_report(model))
         return model
 

@@ -72,9 +72,9 @@ inference_config=     # empty: ${conf_dir}/decode_asr_conformer.yaml (conformer)
 inference_args=       # more decoding options, e.g. "--beam_size 1"
 inference_model=valid.acc_current.ave.pth  # a speech LLM's checkpoint that is decoded, and that the next phase starts from
 conformer_model=valid.acc.ave.pth          # the baseline's (it has no current-utterance accuracy: no history)
-inference_nj=         # parallel decoding jobs per set (the sets of a run are decoded at the same time);
-                      # empty: 1 for model_size tiny (startup dominates), 8 for full
-gpu_inference=false   # decode with one GPU per job, through cuda_cmd
+inference_nj=         # decoding jobs per set (on the CPU the sets of a run are decoded at the same time);
+                      # empty: 1 for model_size tiny (startup dominates), the GPUs here (one batched job each) for full
+gpu_inference=false   # decode on GPUs, job i on GPU i, a set after the other (the full-size model refuses the CPU)
 
 help_message=$(cat <<EOF
 Usage: $0 [--stage <stage>] [--stop_stage <stop_stage>] [--option value ...]
@@ -124,14 +124,14 @@ char_token_list=${token_listdir}/char/tokens.txt
 if [ -z "${model_size}" ]; then
     if [ -n "${aishell_root}" ]; then model_size=full; else model_size=tiny; fi
 fi
+_gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
 case "${model_size}" in
     tiny) conf_dir=conf/tiny; inference_nj=${inference_nj:-1} ;;
-    full) conf_dir=conf; inference_nj=${inference_nj:-8} ;;
+    full) conf_dir=conf; inference_nj=${inference_nj:-$(( _gpus > 0 ? _gpus : 1 ))} ;;  # one batched job per GPU
     *) log "Error: --model_size must be tiny or full, got '${model_size}'"; exit 1 ;;
 esac
 if [ -z "${ngpu}" ]; then
-    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
-    ngpu=$(( ngpu > 0 ? 1 : 0 ))
+    ngpu=$(( _gpus > 0 ? 1 : 0 ))
 fi
 case "${use_feature_cache}" in
     true|false) ;;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Decoding of one run's test sets (stage 12), the sets at the same time (with small models the start of each
-# job takes longer than its decoding): each set's keys split into --nj jobs through ${decode_cmd} (or, with
-# --ngpu 1, ${cuda_cmd}; cmd.sh), and the jobs' 1best_recog/{text,token,score,text_ner} merged into
-# <run_dir>/decode_<set>/.
+# Decoding of one run's test sets (stage 12): each set's keys split into --nj jobs through ${decode_cmd}, and the
+# jobs' 1best_recog/{text,token,score,text_ner} merged into <run_dir>/decode_<set>/. On the CPU the sets are
+# decoded at the same time (with small models the start of each job takes longer than its decoding); with
+# --ngpu 1, through ${cuda_cmd} (cmd.sh), one set after the other, each job on a GPU of its own (utils/run.pl
+# --gpu: job i on GPU i, jobs beyond the GPUs wait for theirs), so that no two jobs share a GPU.
 #
 #   local/decode.sh [--nj 1] [--ngpu 0] [--feats_dir <dir>] [--extra_entries "<file>,<name>,<type> ..."]
 #       --inference_module <module> <data_root> <run_dir> "<sets>" -- <options>
@@ -66,11 +67,15 @@ decode_set() {  # <set> <options>
 }
 
 pids=()
-for dset in ${sets}; do
-    decode_set "${dset}" "$@" &
-    pids+=($!)
-done
 failed=0
+for dset in ${sets}; do
+    if [ "${ngpu}" -gt 0 ]; then
+        decode_set "${dset}" "$@" || failed=$(( failed + 1 ))
+    else
+        decode_set "${dset}" "$@" &
+        pids+=($!)
+    fi
+done
 for pid in "${pids[@]}"; do
     wait "${pid}" || failed=$(( failed + 1 ))
 done

@@ -13,10 +13,15 @@ Options:
   --max-jobs-run K        at most K jobs at a time (default: all)
   --progress-interval S   while jobs run, every S seconds print the jobs finished and the last
                           line of a running job's log (default 30; 0 = never)
-  --gpu, --mem, --num-threads, --time, --config <value>
+  --gpu G                 each job gets G GPUs of its own (CUDA_VISIBLE_DEVICES, written in its log): the
+                          machine's GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi -L) make S = GPUs / G
+                          slots, job i runs on slot (i - 1) mod S, one job a slot at a time; 0: none
+  --mem, --num-threads, --time, --config <value>
                           queue resources that Slurm/grid runners take: accepted, meaningless here
 """
 import datetime
+import os
+import threading
 import re
 import shlex
 import subprocess
@@ -25,7 +30,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-IGNORED_OPTIONS = {"--gpu", "--mem", "--num-threads", "--num_threads", "--time", "--config"}
+IGNORED_OPTIONS = {"--mem", "--num-threads", "--num_threads", "--time", "--config"}
 FAILED_LOG_LINES = 10
 
 
@@ -34,7 +39,7 @@ def usage(message):
 
 
 def parse(argv):
-    max_jobs, interval = None, 30.0
+    max_jobs, interval, gpus_per_job = None, 30.0, 0
     while argv and argv[0].startswith("--"):
         option = argv[0]
         if len(argv) < 2:
@@ -44,6 +49,10 @@ def parse(argv):
             max_jobs = int(value)
         elif option in ("--progress-interval", "--progress_interval"):
             interval = float(value)
+        elif option == "--gpu":
+            if not value.isdigit():
+                usage(f"--gpu {value}: expected a number of GPUs per job")
+            gpus_per_job = int(value)
         elif option not in IGNORED_OPTIONS:
             usage(f"unknown option {option}")
         argv = argv[2:]
@@ -58,9 +67,21 @@ def parse(argv):
     if len(argv) < 2:
         usage("expected a log file and a command")
     if len(argv) == 2:  # one argument: a whole shell command line
-        return max_jobs, interval, job_var, range(first, last + 1), argv[0], argv[1]
+        return max_jobs, interval, gpus_per_job, job_var, range(first, last + 1), argv[0], argv[1]
     log, command = argv[0], " ".join(a if re.fullmatch(r"\S+", a) else shlex.quote(a) for a in argv[1:])
-    return max_jobs, interval, job_var, range(first, last + 1), log, command
+    return max_jobs, interval, gpus_per_job, job_var, range(first, last + 1), log, command
+
+
+def machine_gpus():
+    """The GPU ids jobs may use: CUDA_VISIBLE_DEVICES where it is set, else every GPU nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in listing.splitlines() if line.startswith("GPU "))]
 
 
 def substitute(text, job_var, index):
@@ -71,14 +92,20 @@ def now():
     return datetime.datetime.now().strftime("%a %b %d %H:%M:%S %Z %Y").replace("  ", " ")
 
 
-def run_job(command, log_path):
+def run_job(command, log_path, slot=None):
+    """slot: (lock, GPU ids): the job waits for its slot and runs on its GPUs alone."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"# {command}\n# Started at {now()}\n#\n")
-        log.flush()
-        code = subprocess.run(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT).returncode
-        log.write(f"# Accounting: time={time.monotonic() - start:.0f} threads=1\n# Ended (code {code}) at {now()}\n")
+    lock, gpus = slot if slot is not None else (threading.Lock(), None)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus is not None else None
+    with lock:
+        start = time.monotonic()
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write(f"# {command}\n# Started at {now()}\n#\n")
+            if env is not None:
+                log.write(f"# CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}\n")
+            log.flush()
+            code = subprocess.run(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            log.write(f"# Accounting: time={time.monotonic() - start:.0f} threads=1\n# Ended (code {code}) at {now()}\n")
     return code
 
 
@@ -91,12 +118,20 @@ def last_line(path):
 
 
 def main(argv):
-    max_jobs, interval, job_var, indices, log, command = parse(argv)
+    max_jobs, interval, gpus_per_job, job_var, indices, log, command = parse(argv)
     logs = {i: Path(substitute(log, job_var, i)) for i in indices}
+    slots = [None]
+    if gpus_per_job > 0:
+        gpus = machine_gpus()
+        if len(gpus) < gpus_per_job:
+            sys.exit(f"run.pl: --gpu {gpus_per_job}: {len(gpus)} GPU(s) here (CUDA_VISIBLE_DEVICES, nvidia-smi -L)")
+        slots = [(threading.Lock(), gpus[k * gpus_per_job:(k + 1) * gpus_per_job])
+                 for k in range(len(gpus) // gpus_per_job)]
     codes = {}
     start = last_report = time.monotonic()
     with ThreadPoolExecutor(max_workers=max_jobs or len(indices)) as pool:
-        running = {pool.submit(run_job, substitute(command, job_var, i), logs[i]): i for i in indices}
+        running = {pool.submit(run_job, substitute(command, job_var, i), logs[i], slots[(i - indices[0]) % len(slots)]): i
+                   for i in indices}
         while running:
             done, _ = wait(running, timeout=min(1.0, interval or 1.0), return_when=FIRST_COMPLETED)
             for future in done:
