@@ -50,6 +50,33 @@ def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
                          f"--batch_bins {600000 * 50 * width // 16000}")
 
 
+def test_one_schedule_spans_the_phases_of_an_architecture(tmp_path, capsys):
+    def stats(name, utterances):
+        for part in ("train", "valid"):
+            (tmp_path / "exp" / "stats" / name / part).mkdir(parents=True)
+            for shape, n in (("speech_shape", 16000), ("text_shape", 9)):
+                lines = "".join(f"utt{i} {n}\n" for i in range(utterances))
+                (tmp_path / "exp" / "stats" / name / part / shape).write_text(lines)
+
+    schedule = {"first_cycle_steps": None, "warmup_steps": 1, "max_lr": 1e-4, "min_lr": 1e-5}
+    common = dict(model="decoder_only", batch_type="sorted", batch_size=5, scheduler_conf=schedule)
+    short = write_config(tmp_path / "short.yaml", prompt_task="asr_short", num_history=0, max_epoch=3, **common)
+    long = write_config(tmp_path / "long.yaml", max_epoch=2, **common)
+    other = write_config(tmp_path / "other.yaml", model="encoder_decoder", max_epoch=2, batch_type="sorted",
+                         batch_size=5, scheduler_conf={"warmup_steps": 1})
+    args = ["plan", "--expdir", str(tmp_path / "exp"), "--fs", "16000", "--dumpdir", "dump", "--train_set", "train",
+            "--valid_set", "dev", short, long, other]
+    assert speech_llm_runs.main(args) == 0
+    assert "first_cycle_steps" not in capsys.readouterr().out  # no stats yet (stage 10 runs on this plan)
+    stats("asr_short_history0_chatglm3", 10)  # 2 batches of 5, 3 epochs
+    stats("asr_long_history2_chatglm3", 20)  # 4 batches, 2 epochs; shared with the other architecture's long phase
+    assert speech_llm_runs.main(args) == 0
+    training = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
+    assert training[0].endswith("--scheduler_conf first_cycle_steps=14")
+    assert training[1].endswith("--scheduler_conf first_cycle_steps=14")
+    assert "first_cycle_steps" not in training[2]  # its config sets its own schedule
+
+
 def test_a_missing_whisper_is_named(tmp_path):
     with pytest.raises(speech_llm_runs.ConfigError, match="stage 5 makes the tiny one"):
         speech_llm_runs.whisper_dim(str(tmp_path / "absent"))

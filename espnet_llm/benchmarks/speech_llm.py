@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import random
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from unittest import mock
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +50,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from espnet_llm.dtypes import torch_dtype
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG
-from espnet_llm.models.adapter import FrameStackAdapter
-from espnet_llm.models.decoder_only import DecoderOnlySpeechLLM
 from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
-from espnet_llm.llm.lora_llm import ChatGLM3LLM
 from espnet_llm.models.prompts import PromptLayout
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.log_mel import SAMPLE_RATE
 from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND, WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
+from espnet_llm.tasks.speech_llm import SpeechLLMTask
 from espnet_llm.text.aishell_ner import strip_marks
 
 CHARS_PER_SECOND = 14 / 4.5  # AISHELL-1: about 14 characters in 4.5 s
+RECIPE_CONF = Path(__file__).resolve().parents[2] / "egs2" / "aishell_ner" / "llm1" / "conf"
 ARCHITECTURES = ("decoder_only", "encoder_decoder")
 
 
@@ -69,6 +71,7 @@ ARCHITECTURES = ("decoder_only", "encoder_decoder")
 class Utterance:
     seconds: float
     target: list[int]
+    segments: list[float] | None = None  # long form: the seconds of each history utterance, then the current one
 
 
 def aishell_like_utterances(layout: PromptLayout, count: int, seed: int) -> list[Utterance]:
@@ -101,65 +104,65 @@ def padding_fraction(batches: list[list[Utterance]]) -> float:
 def model_inputs(batch: list[Utterance], cached_width: int | None, device, seed: int) -> dict:
     """Random audio (or random dumped features of width cached_width) of each utterance's length, and its target."""
     g = torch.Generator().manual_seed(seed)
+    rate = SAMPLE_RATE if cached_width is None else WHISPER_FRAMES_PER_SECOND
+    segments = [[int(x * rate) for x in (u.segments or [u.seconds])] for u in batch]
     if cached_width is None:
-        speech = [0.1 * torch.randn(int(u.seconds * SAMPLE_RATE), generator=g) for u in batch]
+        speech = [0.1 * torch.randn(sum(lens), generator=g) for lens in segments]
     else:
-        speech = [torch.randn(int(u.seconds * WHISPER_FRAMES_PER_SECOND), cached_width, generator=g) for u in batch]
+        speech = [torch.randn(sum(lens), cached_width, generator=g) for lens in segments]
     targets = [torch.tensor(u.target) for u in batch]
-    return dict(
+    inputs = dict(
         speech=pad_sequence(speech, batch_first=True).to(device),
         speech_lengths=torch.tensor([len(s) for s in speech], device=device),
         text=pad_sequence(targets, batch_first=True, padding_value=-1).to(device),
         text_lengths=torch.tensor([len(t) for t in targets], device=device),
     )
+    if any(u.segments for u in batch):
+        inputs["speech_segments"] = pad_sequence([torch.tensor(s) for s in segments], batch_first=True).to(device)
+    return inputs
 
 
 # ------------------------------------------------------------------ models
 @dataclass
 class Size:
     name: str
-    whisper_config: dict
+    configs: Path  # the recipe's conf/train_<arch>_short.yaml of this size
+    whisper_dir: Path  # config.json of the Whisper
     chatglm3_dir: Path  # config.json + tokenizer.model
-    dtype_frozen: torch.dtype  # of the frozen weights in the optimised setting
 
 
 def tiny_size(workdir: Path) -> Size:
     from espnet_llm.bin.make_tiny_models import make_tiny_models
 
     tiny = make_tiny_models(workdir / "tiny", seed=0)
-    return Size("tiny", WhisperConfig.from_pretrained(tiny / "whisper").to_dict(), tiny / "chatglm3", torch.bfloat16)
+    return Size("tiny", RECIPE_CONF / "tiny", tiny / "whisper", tiny / "chatglm3")
 
 
-def full_size(workdir: Path) -> Size:
-    """ChatGLM3-6B's config with the tiny tokenizer (only its special ids are used; the 65,024-row embedding stays)."""
-    from espnet_llm.bin.make_tiny_models import make_tiny_models
+def full_size(workdir: Path, num_layers: int | None = None) -> Size:
+    """Whisper-large-v2 and ChatGLM3-6B (``num_layers`` of its 28: the memory measurement's per-layer figures)."""
+    from espnet_llm.bin.count_params import published_architectures
 
-    tiny = make_tiny_models(workdir / "tiny", seed=0)
-    glm_dir = workdir / "chatglm3-6b-config"
-    glm_dir.mkdir(parents=True, exist_ok=True)
-    (glm_dir / "config.json").write_text(json.dumps(CHATGLM3_6B_CONFIG))
-    shutil.copy(tiny / "chatglm3" / "tokenizer.model", glm_dir / "tokenizer.model")
-    return Size("full", WHISPER_LARGE_V2_CONFIG, glm_dir, torch.bfloat16)
+    whisper, chatglm3 = published_architectures(workdir)
+    if num_layers is not None:
+        (chatglm3 / "config.json").write_text(json.dumps({**CHATGLM3_6B_CONFIG, "num_layers": num_layers}))
+    return Size("full", RECIPE_CONF, whisper, chatglm3)
 
 
-def build_model(arch: str, size: Size, device: torch.device, lora_rank: int = 32):
-    """The speech LLM with random weights, built directly on the device (no CPU copy of 6B weights)."""
+def build_model(arch: str, size: Size, device: torch.device, dtype: str, task: str = "asr_short", num_history: int = 0):
+    """The speech LLM as the recipe builds it (SpeechLLMTask.build_model over the size's training config: frozen
+    weights in ``dtype``, what trains in float32), with random weights, built directly on the device (no CPU copy
+    of 6B weights). Whisper is random too, in ``dtype``, for the rows that run it on the fly."""
+    args = SpeechLLMTask.get_parser().parse_args(
+        ["--config", str(size.configs / f"train_{arch}_short.yaml"), "--output_dir", str(size.chatglm3_dir / "out")]
+    )
+    args.prompt_task, args.num_history = task, num_history
+    args.speech_encoder_conf = {**args.speech_encoder_conf, "model_path": str(size.whisper_dir), "dtype": dtype}
+    args.llm_conf = {**args.llm_conf, "model_path": str(size.chatglm3_dir), "dtype": dtype, "lora_dropout": 0.0}
     with torch.device(device):
-        whisper = WhisperEncoder(WhisperConfig(**size.whisper_config))
-        llm = ChatGLM3LLM(str(size.chatglm3_dir), lora_rank=lora_rank, lora_dropout=0.0, load_weights=False)
-        speech_encoder = WhisperSpeechEncoder(whisper)
-        adapter = FrameStackAdapter(whisper.config.d_model, llm.hidden_size) if arch == "decoder_only" else None
-        layout = PromptLayout(llm.tokenizer, "asr_short")
-        model_class = DecoderOnlySpeechLLM if arch == "decoder_only" else EncoderDecoderSpeechLLM
-        model = model_class(speech_encoder, adapter, llm, layout)
+        model = SpeechLLMTask.build_model(args, load_weights=False)
+        whisper = WhisperEncoder(WhisperConfig.from_pretrained(size.whisper_dir)).to(torch_dtype(dtype, "dtype"))
+        model.speech_encoder = WhisperSpeechEncoder(whisper)
     return model.to(device)
-
-
-def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Frozen weights in dtype, trainable ones stay float32 (they are what the optimiser updates)."""
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(dtype)
 
 
 @contextlib.contextmanager
@@ -367,13 +370,16 @@ def run(args) -> None:
 
     for arch in ARCHITECTURES:
         torch.manual_seed(0)
-        model = build_model(arch, size, device)
+        model = build_model(arch, size, device, "float32")
         utterances = aishell_like_utterances(model.layout, args.batch_size * (args.steps + 1) * 4, seed=0)
         sorted_batches = make_batches(utterances, args.batch_size, sort=True, seed=0)
         random_batches = make_batches(utterances, args.batch_size, sort=False, seed=0)
         set_attention(model, "sdpa")
         fp32 = train_row(f"{arch}: fp32, no autocast", model, sorted_batches, False, "cached")
-        cast_frozen(model, size.dtype_frozen)
+        del model
+        torch.manual_seed(0)
+        model = build_model(arch, size, device, "bfloat16")  # the full-size configs' dtype
+        set_attention(model, "sdpa")
         best = train_row(f"{arch}: optimised (cached, sorted, bf16, SDPA)", model, sorted_batches, True, "cached")
         live = train_row(f"{arch}: Whisper on the fly, variable length", model, sorted_batches, True, "variable")
         padded = train_row(f"{arch}: Whisper on the fly, padded to 30 s", model, sorted_batches, True, "padded30")
@@ -444,7 +450,7 @@ def full_size_arithmetic(seconds: float = 4.5, target_tokens: int = 15, batch_si
     print(f"# full size, one AISHELL-average utterance: {seconds} s = {frames} Whisper frames, "
           f"{target_tokens} target tokens (14 characters + end), batch {batch_size}\n")
     for arch in ARCHITECTURES:
-        model = build_model(arch, size, torch.device("meta"))
+        model = build_model(arch, size, torch.device("meta"), "bfloat16")
         named = dict(model.named_parameters())
         llm_matmul = sum(p.numel() for n, p in named.items() if n.startswith("llm.") and "lora_" not in n
                          and p.dim() == 2 and ".layers." in n and "cross_attention" not in n)
@@ -466,15 +472,78 @@ def full_size_arithmetic(seconds: float = 4.5, target_tokens: int = 15, batch_si
                      + 4 * vocab * hidden * target_tokens + extra)
         whisper_flops = 2 * whisper_matmul * frames + 4 * frames**2 * d * w["encoder_layers"] + 2 * 3 * d * (80 * 2 * frames + d * frames)
         whisper_30s = 2 * whisper_matmul * 1500 + 4 * 1500**2 * d * w["encoder_layers"] + 2 * 3 * d * (80 * 3000 + d * 1500)
-        frozen_bf16 = (sum(p.numel() for p in named.values() if not p.requires_grad) - whisper_params) * 2
-        optimiser = trainable * 16  # fp32 weight, gradient, AdamW's two moments
         print(f"## {arch}: trainable {trainable:,} (LoRA {lora:,}); Whisper encoder {whisper_params:,}; LLM tokens {length}")
         print(f"- training FLOPs per utterance, cached features: {llm_flops / 1e12:.3f} TFLOP; "
-              f"Whisper on the fly adds {whisper_flops / 1e12:.3f} (variable length) or {whisper_30s / 1e12:.3f} (padded to 30 s)")
-        print(f"- memory: frozen LLM weights bf16 {frozen_bf16 / 1e9:.2f} GB, Whisper bf16 {whisper_params * 2 / 1e9:.2f} GB "
-              f"(on the fly only), trainable + AdamW {optimiser / 1e9:.2f} GB; "
-              f"{batch_size * length} LLM tokens per batch\n")
+              f"Whisper on the fly adds {whisper_flops / 1e12:.3f} (variable length) or {whisper_30s / 1e12:.3f} (padded to 30 s)\n")
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ full-size memory, measured on the CPU
+def long_form_batch(layout: PromptLayout, batch_size: int, num_history: int, seed: int) -> list[Utterance]:
+    """Utterances with the previous ones of their speaker (AISHELL-like lengths), targets as the long-form task."""
+    rng = random.Random(seed)
+    lines = [strip_marks(line.split(maxsplit=1)[1]) for line in AISHELL_NER_DEV_TRANSCRIPT.read_text(encoding="utf-8").splitlines()]
+    batch = []
+    for _ in range(batch_size):
+        texts = rng.sample(lines, num_history + 1)
+        seconds = [len(t) / CHARS_PER_SECOND * rng.uniform(0.9, 1.1) for t in texts]
+        batch.append(Utterance(sum(seconds), layout.target_ids(texts[-1], texts[-1], texts[:-1]), seconds))
+    return batch
+
+
+def saved_bytes(model, batch: list[Utterance], width: int) -> int:
+    """Activation bytes of one training step (what autograd saves for backward), bf16 autocast, on the CPU."""
+    model.train()
+    with SavedActivations(model) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**model_inputs(batch, width, torch.device("cpu"), seed=0))[0]
+    del loss
+    return saved.bytes
+
+
+def layers_saved_bytes(arch: str, workdir: Path, num_layers: int, task: str, history: int, batch_size: int):
+    """(saved bytes, batch) of the model with ``num_layers`` LLM layers; run in a process of its own, so that each
+    multi-GB model is given back to the system before the next is built."""
+    torch.manual_seed(0)
+    model = build_model(arch, full_size(workdir, num_layers=num_layers), torch.device("cpu"), "bfloat16", task, history)
+    with speech_encoder_mode(model, "cached"):
+        batch = long_form_batch(model.layout, batch_size, history, seed=0)
+        return saved_bytes(model, batch, model.speech_encoder.output_size()), batch
+
+
+def full_size_memory(batch_size: int = 16, num_history: int = 2) -> None:
+    """The memory of a full-size training step on cached features, per architecture and phase: weights as training
+    loads them (frozen bf16, trainable float32 with its gradient and AdamW moments) and the activations autograd
+    saves, measured on the CPU at full width with 1 and 2 of ChatGLM3-6B's 28 layers (the same bytes as on a GPU:
+    the saved tensors do not depend on the device), the per-layer difference extrapolated to 28 layers."""
+    print(f"| architecture | phase | LLM tokens / memory frames per row | frozen bf16 GB | trainable + grad + AdamW GB "
+          f"| activations GB (1 layer, rest) | step total GB | rows a 40 GB GPU holds (2 GB kept free) |")
+    print("|---|---|---|---|---|---|---|---|")
+    layers = CHATGLM3_6B_CONFIG["num_layers"]
+    for arch in ARCHITECTURES:
+        workdir = Path(tempfile.mkdtemp(prefix="benchmark_speech_llm."))
+        meta = build_model(arch, full_size(workdir / "meta"), torch.device("meta"), "bfloat16")
+        frozen = sum(p.numel() * p.element_size() for n, p in meta.named_parameters()
+                     if not p.requires_grad and not n.startswith("speech_encoder."))  # cached features: no Whisper
+        trainable = sum(p.numel() for p in meta.parameters() if p.requires_grad) * 16  # fp32 weight, grad, 2 moments
+        del meta
+        for phase, task, history in (("short", "asr_short", 0), ("long", "asr_long", num_history)):
+            measured = {}
+            for n in (1, 2):
+                spawn = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(1, mp_context=spawn) as process:
+                    measured[n], batch = process.submit(
+                        layers_saved_bytes, arch, workdir / f"{n}_{phase}", n, task, history, batch_size
+                    ).result()
+            per_layer, rest = measured[2] - measured[1], 2 * measured[1] - measured[2]
+            activations = rest + layers * per_layer
+            frames = sum(u.seconds for u in batch) / len(batch) * WHISPER_FRAMES_PER_SECOND
+            tokens = sum(len(u.target) for u in batch) / len(batch) + (frames / 5 if arch == "decoder_only" else 0) + 5
+            print(f"| {arch} | {phase} (batch {batch_size}{f', {history} history' if history else ''}) "
+                  f"| {tokens:.0f} / {frames:.0f} | {frozen / 1e9:.2f} | {trainable / 1e9:.2f} "
+                  f"| {activations / 1e9:.2f} ({per_layer / 1e9:.3f}, {rest / 1e9:.2f}) "
+                  f"| {(frozen + trainable + activations) / 1e9:.1f} "
+                  f"| {int((40e9 - 2e9 - frozen - trainable) / (activations / batch_size))} |")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
@@ -487,9 +556,14 @@ def main() -> None:
     parser.add_argument("--decode_beam_size", type=int, default=4, help="beam of the beam-search decoding rows")
     parser.add_argument("--decode_tokens", type=int, default=16, help="tokens decoded per utterance (~14 characters + end)")
     parser.add_argument("--arithmetic_only", action="store_true", help="print the full-size FLOP and memory arithmetic")
+    parser.add_argument("--memory_only", action="store_true",
+                        help="measure a full-size training step's memory per architecture and phase on the CPU")
     args = parser.parse_args()
     if args.arithmetic_only:
         full_size_arithmetic()
+        return
+    if args.memory_only:
+        full_size_memory(args.batch_size)
         return
     run(args)
 

@@ -8,7 +8,8 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
     python -m espnet_llm.bin.speech_llm_runs plan --expdir EXP --fs FS --dumpdir DUMP --train_set SET
             --valid_set SET [--feature_cache MODEL_PATH --feats_dir DIR] CONFIG...
         a line per config for stages 10 and 11, its fields separated by tabs: the collect-stats directory, the
-        data and input options (of collect-stats and training), and the shape-file options (of training)
+        data and input options (of collect-stats and training), and the options of training alone (shape files;
+        once the stats exist, the steps of a schedule that spans the phases, where a config leaves them null)
     python -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir DIR RUN_DIR/config.yaml SET...
         DIR if the run was trained on cached features (each set's must be there), else nothing
     python -m espnet_llm.bin.speech_llm_runs has_gates RUN_DIR/config.yaml             (prints true or false)
@@ -125,20 +126,67 @@ def data_opts(dumpdir: str, train_set: str, valid_set: str, feats_dir: str | Non
     return opts
 
 
+def steps_per_epoch(config: dict, path: str, stats: str, batch_bins: int) -> int:
+    """The optimiser steps of an epoch of a run: ESPnet's batch sampler over its training shapes (one process;
+    DDP splits each batch over the GPUs, so the count holds for any number of them)."""
+    from espnet2.samplers.build_batch_sampler import build_batch_sampler
+
+    sampler = build_batch_sampler(
+        type=config_value(config, path, "batch_type", "folded"),
+        batch_size=int(config_value(config, path, "batch_size", 20)),
+        batch_bins=batch_bins,
+        shape_files=[f"{stats}/train/speech_shape", f"{stats}/train/text_shape"],
+        sort_in_batch=config_value(config, path, "sort_in_batch", "descending"),
+        sort_batch=config_value(config, path, "sort_batch", "ascending"),
+    )
+    return len(sampler) // int(config_value(config, path, "accum_grad", 1))
+
+
+def schedule_steps(runs: list[tuple[str, dict, str, int]]) -> dict[str, int]:
+    """runs: (config path, config, stats dir, batch_bins). For each architecture whose configs leave the
+    ``first_cycle_steps`` of their schedule null: the steps of all its phases, so that one warmup-and-decay spans
+    them (each phase continues the previous one's schedule). Nothing while any of their stats is missing."""
+    totals: dict[str, int] = {}
+    by_model: dict[str, list] = {}
+    for run in runs:
+        by_model.setdefault(run[1].get("model"), []).append(run)
+    for group in by_model.values():
+        if not any("first_cycle_steps" in (config.get("scheduler_conf") or {})
+                   and config["scheduler_conf"]["first_cycle_steps"] is None for _, config, _, _ in group):
+            continue
+        if not all(Path(f"{stats}/train/speech_shape").is_file() for _, _, stats, _ in group):
+            continue
+        total = sum(int(config_value(config, path, "max_epoch")) * steps_per_epoch(config, path, stats, bins)
+                    for path, config, stats, bins in group)
+        for path, _, _, _ in group:
+            totals[path] = total
+    return totals
+
+
 def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
     """The fields of ``plan`` per config, in their order."""
     dim = whisper_dim(args.feature_cache) if args.feature_cache else None
-    lines = []
+    runs, fields = [], []
     for path in configs:
         config = load(path)
         stats = stats_dir(config, path, args.expdir, dim is not None)
         opts = data_opts(args.dumpdir, args.train_set, args.valid_set, args.feats_dir if dim else None)
+        batch_bins = int(config_value(config, path, "batch_bins", 1000000))
         if dim:
-            opts += cached_train_opts(config, path, dim, args.fs)
-        shapes = [f"--{part}_shape_file {stats}/{part}/{shape}" for part in ("train", "valid")
-                  for shape in ("speech_shape", "text_shape")]
-        lines.append("\t".join([stats, " ".join(opts), " ".join(shapes)]))
-    return lines
+            cached = cached_train_opts(config, path, dim, args.fs)
+            opts += cached
+            if "--batch_bins" in cached:
+                batch_bins = int(cached[cached.index("--batch_bins") + 1])
+        training = [f"--{part}_shape_file {stats}/{part}/{shape}" for part in ("train", "valid")
+                    for shape in ("speech_shape", "text_shape")]
+        runs.append((path, config, stats, batch_bins))
+        fields.append([stats, " ".join(opts), training])
+    totals = schedule_steps(runs)
+    for (path, *_), field in zip(runs, fields):
+        total = totals.get(path)
+        if total is not None:
+            field[2].append(f"--scheduler_conf first_cycle_steps={total}")
+    return ["\t".join([stats, opts, " ".join(training)]) for stats, opts, training in fields]
 
 
 def decode_features(run_config: str, feats_dir: str, sets: list[str]) -> str | None:
