@@ -21,9 +21,8 @@ import soundfile
 import torch
 import yaml
 
-from espnet_llm.bin import make_results, score_cer, score_ner, speech_llm_inference
-from espnet_llm.data_prep import aishell
-from espnet_llm.data_prep.aishell import prepare
+from espnet_llm.bin import score_cer, score_ner, speech_llm_inference
+from espnet_llm.data_prep import aishell, length_filter
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "aishell_ner" / "llm1"
@@ -260,6 +259,27 @@ def test_stage3_names_and_counts_unreadable_audio(tmp_path):
     assert set(table(recipe / "dump/raw/org/test/text")) == {ids[0], ids[3]}
 
 
+# ------------------------------------------------------------------------------------------------ stage 4
+
+def test_stage4_removes_out_of_limit_training_audio_by_reason_and_keeps_test_sets_whole(tmp_path, capsys):
+    ids = [uttid(1, n) for n in range(1, 5)]
+    seconds = {ids[0]: 3.0, ids[1]: 0.05, ids[2]: 31.0, ids[3]: 4.0}  # ids[1] too short, ids[2] over Whisper's 30 s
+    org = tmp_path / "org"
+    write_lines(org / "wav.scp", [f"{u} {tmp_path / u}.wav" for u in ids])
+    write_lines(org / "utt2num_samples", [f"{u} {int(16000 * seconds[u])}" for u in ids])
+    write_lines(org / "text", [f"{u} 今天下雨" for u in ids])
+    write_lines(org / "utt2spk", [f"{u} S0001" for u in ids])
+    write_lines(org / "spk2utt", ["S0001 " + " ".join(ids)])
+    limits = ["--min_duration", "0.1", "--max_duration", "30"]
+    assert length_filter.main(limits + [str(org), str(tmp_path / "train")]) == 0
+    err = capsys.readouterr().err
+    assert "kept 2 of 4 utterances, removed 2" in err
+    assert f"too short (< 0.1 s): 1 ({ids[1]})" in err and f"too long (> 30.0 s): 1 ({ids[2]})" in err
+    assert set(table(tmp_path / "train" / "text")) == {ids[0], ids[3]}
+    assert length_filter.main(limits + ["--report_only", str(org)]) == 0  # a test set: counted, nothing removed
+    assert "kept all 4 utterances (a test set); outside the limits: 2" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 
 def scorer_error(main, ref: Path, hyp: Path, out_dir: Path) -> str:
@@ -290,6 +310,16 @@ def test_scorers_drop_a_byte_order_mark_in_the_middle_of_a_file(tmp_path):
     result = json.loads((tmp_path / "cer" / "result.json").read_text(encoding="utf-8"))
     assert result["missing_hypotheses"] == [] and result["extra_hypotheses"] == []
     assert result["counts"]["sentences"] == 2 and result["counts"]["correct"] == 9
+
+
+def test_ner_scorer_leaves_out_a_malformed_reference_by_file_and_line(tmp_path):
+    ref = write_lines(tmp_path / "ref", ["u1 [张三]在(北京)", "u2 [李四在上海", "u3 今天下雨"])
+    hyp = write_lines(tmp_path / "hyp", ["u1 [张三]在(北京)", "u2 [李四]在上海", "u3 今天下雨"])
+    score_ner.main(["--ref", str(ref), "--hyp", str(hyp), "--out_dir", str(tmp_path / "ner")])
+    result = json.loads((tmp_path / "ner" / "result.json").read_text(encoding="utf-8"))
+    assert list(result["malformed_references"]) == ["u2"]
+    assert result["malformed_references"]["u2"].startswith(f"{ref}:2: ")
+    assert result["utterances"] == 2 and result["micro"]["f1"] == 1.0
 
 
 def test_failing_sclite_falls_back_to_the_aligner(tmp_path, monkeypatch, caplog):
