@@ -346,10 +346,10 @@ def format_summary(summary: PrepSummary) -> str:
     rows = [("utterances", lambda s: f"{s.utterances:,}"), ("speakers", lambda s: f"{s.speakers:,}"),
             ("hours (wav sizes)", lambda s: f"{s.seconds / 3600:.2f}")]
     rows += [(f"entities {t}", lambda s, t=t: f"{s.entities[t]:,}") for t in ENTITY_TYPES]
-    lines = [f"{'stage 1 summary':<28}" + "".join(f"{subset:>10}" for subset in SETS)]
+    width = 2 + max(map(len, summary.problems))  # the longest kind of problem, indented
+    lines = [f"{'stage 1 summary':<{width}}" + "".join(f"{subset:>10}" for subset in SETS)]
     for name, cell in rows:
-        lines.append(f"{name:<28}" + "".join(f"{cell(summary.sets[subset]):>10}" for subset in SETS))
-    width = max(28, 2 + max(map(len, summary.problems)))
+        lines.append(f"{name:<{width}}" + "".join(f"{cell(summary.sets[subset]):>10}" for subset in SETS))
     lines.append(f"{'skipped (see warnings)':<{width}}{'count':>10}")
     lines += [f"  {kind:<{width - 2}}{count:>10,}" for kind, count in summary.problems.items()]
     return "\n".join(lines)
