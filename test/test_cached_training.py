@@ -7,6 +7,7 @@ so the ~20-s import of a fresh interpreter is paid once.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import kaldiio
@@ -99,6 +100,7 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
         lines = (tmp_path / "decode/1best_recog" / name).read_text().splitlines()
         assert [line.split()[0] for line in lines] == keys.read_text().split()
     assert f"{CORRUPT}: broken" in caplog.text and "1 broken" in caplog.text
+    assert json.loads((tmp_path / "decode/parse_repairs.json").read_text())["broken_ids"] == [CORRUPT]  # for RESULTS.md
 
 
 def test_preprocessor_checks_feature_arrays(tiny_models, caplog):

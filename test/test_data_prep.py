@@ -106,6 +106,10 @@ def test_bad_input_is_reported_counted_and_skipped(tmp_path, capsys):
         aishell.EMPTY_TRANSCRIPT: 1,
         aishell.DUPLICATE_ID: 2,
         aishell.TEXT_MISMATCH: 1,
+        aishell.INVALID_UTF8: 0,
+        aishell.UNREADABLE_AUDIO: 0,
+        aishell.SPEAKER_WITHOUT_AUDIO: 0,
+        aishell.BAD_TARBALL: 0,
     }
     # Only the good utterances survive, the first of each duplicate kept.
     written = {s: set(read_table(tmp_path / "data" / s / "text")) for s in ("train", "dev", "test")}
@@ -168,7 +172,7 @@ def test_speaker_tarballs_are_unpacked_once(tmp_path):
 
     marker = wav_dir / "train" / "S0001" / "BAC009S0001W0001.wav"
     marker.write_bytes(b"changed")  # a second extraction would overwrite it
-    assert unpack_speaker_tarballs(wav_dir, nj=2) == 0
+    assert unpack_speaker_tarballs(wav_dir, aishell.ProblemReport(tmp_path / "problems.txt"), nj=2) == 0
     summary = prepare(corpus / "data_aishell", ner_files, tmp_path / "data2")
     assert marker.read_bytes() == b"changed"
     assert summary.sets["train"].utterances == 3

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from espnet_llm.scoring.alignment import count_errors
-from espnet_llm.scoring.cer import ErrorCounts, find_sclite, parse_sclite_counts, read_kaldi_text, score_cer
+from espnet_llm.scoring.cer import ErrorCounts, ScliteError, find_sclite, parse_sclite_counts, read_kaldi_text, score_cer
 from espnet_llm.scoring.ner import score_ner
 from espnet_llm.scoring.results import read_epoch_stats, write_results
 
@@ -100,7 +100,7 @@ def test_bad_inputs_name_file_and_line(tmp_path):
     text = write_lines(tmp_path / "text", ["u1 你好", "u2 再见", "u1 又是你"])
     with pytest.raises(ValueError, match=r"text:3: utterance id u1 appears twice"):
         read_kaldi_text(text)
-    with pytest.raises(ValueError, match="no 'Sum' line"):
+    with pytest.raises(ScliteError, match="no 'Sum' line"):
         parse_sclite_counts("sclite: nothing here")
 
 

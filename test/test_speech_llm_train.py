@@ -108,7 +108,7 @@ def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(ti
     )
     hyps = dict(line.split(maxsplit=1) for line in (tmp_path / "decode/1best_recog/text").read_text().splitlines())
     assert hyps == {uid: strip_marks(t) for uid, t in SENTENCES.items()}, f"after {step + 1} steps: {hyps}"
-    assert counts == {"utterances": 4, "broken": 0, "with_problems": 0, "problems": {}}
+    assert counts == {"utterances": 4, "broken": 0, "broken_ids": [], "with_problems": 0, "problems": {}}
     assert json.loads((tmp_path / "decode/parse_repairs.json").read_text()) == counts
     assert (tmp_path / "decode/1best_recog/score").exists() and (tmp_path / "decode/1best_recog/token").exists()
     # the library face: one waveform in, its transcript out

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from espnet_llm.scoring.cer import markdown_table, score_cer
+from espnet_llm.scoring.cer import ScoringInputError, markdown_table, score_cer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
-    result = score_cer(args.ref, args.hyp, args.out_dir, args.utt2spk, args.backend)
+    try:
+        result = score_cer(args.ref, args.hyp, args.out_dir, args.utt2spk, args.backend)
+    except (ScoringInputError, FileNotFoundError) as error:  # bad input: one line that names it, no traceback
+        sys.exit(f"ERROR: {error}")
     print(f"# CER of {args.hyp} ({result.backend}; {len(result.missing_hypotheses)} missing hypotheses)")
     print(markdown_table([(args.hyp, result.counts)]))
 

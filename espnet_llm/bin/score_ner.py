@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from espnet_llm.scoring.cer import ScoringInputError
 from espnet_llm.scoring.ner import score_ner
 
 
@@ -21,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
-    result = score_ner(args.ref, args.hyp, args.out_dir)
+    try:
+        result = score_ner(args.ref, args.hyp, args.out_dir)
+    except (ScoringInputError, FileNotFoundError) as error:  # bad input: one line that names it, no traceback
+        sys.exit(f"ERROR: {error}")
     print(f"# NER of {args.hyp} ({result.utterances} utterances, "
           f"{len(result.malformed_hypotheses)} malformed, {len(result.missing_hypotheses)} missing)")
     print(result.prf_table())

@@ -7,8 +7,9 @@
 Writes ESPnet's ``<output_dir>/1best_recog/{text,token,score}`` and, for the NER task, ``text_ner`` (the
 current utterance with entity marks). A broken utterance (unreadable, empty, over 30 s) gets an empty
 hypothesis, is named in the log and counted; decoding goes on. An output the parser had to repair or flag is
-logged with its problems; ``<output_dir>/parse_repairs.json`` counts them: utterances, broken, with_problems,
-and per kind of problem (espnet_llm.models.prompts.PROBLEM_KINDS) the utterances that had it.
+logged with its problems; ``<output_dir>/parse_repairs.json`` counts them: utterances, broken (and their ids,
+broken_ids), with_problems, and per kind of problem (espnet_llm.models.prompts.PROBLEM_KINDS) the utterances
+that had it.
 
 A batch generates at most ``--max_new_tokens``, and fewer where its speech is short: ``--tokens_per_second``
 for each second of a row's speech (for ner the current utterance's twice: transcript and marked copy), plus
@@ -40,7 +41,7 @@ from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 from espnet.utils.cli_utils import get_commandline_args
 
 from espnet_llm.dtypes import torch_dtype
-from espnet_llm.models.checkpoint import checkpoint_state
+from espnet_llm.models.checkpoint import CheckpointError, checkpoint_state
 from espnet_llm.models.prompts import TOKENS_PER_SECOND, Problem, PromptLayout
 from espnet_llm.tasks.speech_loader import open_entry
 from espnet_llm.tasks.speech_llm import SpeechLLMTask, read_keys
@@ -52,23 +53,31 @@ LENGTH_FILES = ("utt2num_samples", "feats_shape")  # looked for beside the speec
 LARGE_ON_CPU = 1e9  # parameters: a CPU decode of more is refused unless asked for (ChatGLM3-6B: 25 GB a job in float32)
 
 
+class LargeModelOnCPU(ValueError):
+    """A CPU decode of a model over LARGE_ON_CPU parameters, not asked for."""
+
+
 def load_model(train_config: str, model_file: str | None, device: str, allow_large_model_on_cpu: bool = False):
     """The model of a training config as training builds it (frozen weights in the config's dtype, what trains in
-    float32), the trained weights (all, or trainable only) loaded over the base models."""
+    float32), the trained weights (all, or trainable only) loaded over the base models.
+
+    The model file is read, and a CPU decode of a large model refused, before the model is built, so either fails
+    in a moment."""
     with open(train_config, encoding="utf-8") as f:
         args = argparse.Namespace(**yaml.safe_load(f))
     if device == "cpu" and not allow_large_model_on_cpu:
         with torch.device("meta"):  # the size, from the config files alone
             size = sum(p.numel() for p in SpeechLLMTask.build_model(args, load_weights=False).parameters())
         if size > LARGE_ON_CPU:
-            raise ValueError(
+            raise LargeModelOnCPU(
                 f"{train_config}: a model of {size / 1e9:.1f}B parameters would be decoded on the CPU: decode on GPUs "
                 f"(run.sh --gpu_inference true), or pass --allow_large_model_on_cpu true (run.sh --inference_args) "
                 f"to decode on the CPU anyway, with the memory of the whole model in every job"
             )
+    state = checkpoint_state(model_file) if model_file is not None else None
     model = SpeechLLMTask.build_model(args)
-    if model_file is not None:
-        model.load_state_dict(checkpoint_state(model_file))  # strict on the trainable weights; the frozen ones come from the base models
+    if state is not None:
+        model.load_state_dict(state)  # strict on the trainable weights; the frozen ones come from the base models
     model.to(device=device).eval()
     return model, args
 
@@ -205,7 +214,7 @@ def inference(
     shape_file: str | None = None,
     allow_large_model_on_cpu: bool = False,
 ) -> dict:
-    """Decode every utterance; returns counts (utterances, broken, parse problems and their kinds)."""
+    """Decode every utterance; returns counts (utterances, broken and their ids, parse problems and their kinds)."""
     if ngpu > 1:
         raise NotImplementedError("decode with --ngpu 0 or 1; split the data for more (ESPnet's --inference_nj)")
     speech2text = Speech2Text(
@@ -227,8 +236,9 @@ def inference(
         allow_variable_data_keys=True,  # text/text_ner may be given alongside, for convenience; unused
         utt2length=utterance_lengths(data_path_and_name_and_type, keys_in_order, preprocessor.num_history, shape_file),
     )
-    counts = {"utterances": 0, "broken": 0, "with_problems": 0, "problems": {}}
-    broken_ids, audio_seconds, start = [], 0.0, time.perf_counter()
+    broken_ids: list[str] = []
+    counts = {"utterances": 0, "broken": 0, "broken_ids": broken_ids, "with_problems": 0, "problems": {}}
+    audio_seconds, start = 0.0, time.perf_counter()
     outputs: dict[str, dict[str, str]] = {}  # key -> file -> line, written in key order at the end
     for batch_index, (keys, batch) in enumerate(loader, 1):
         speech, speech_lengths = batch["speech"], batch["speech_lengths"]
@@ -329,7 +339,10 @@ def main(cmd=None):
     for k in ("log_level", "seed", "config"):
         kwargs.pop(k, None)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    inference(**kwargs)
+    try:
+        inference(**kwargs)
+    except (CheckpointError, FileNotFoundError, LargeModelOnCPU) as error:  # a file not there, or a refusal: one line
+        sys.exit(f"ERROR: {error}")
 
 
 if __name__ == "__main__":

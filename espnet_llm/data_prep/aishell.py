@@ -11,8 +11,10 @@ combined file or as the train/dev/test files. For every set this writes ``wav.sc
 transcript) and ``entities`` (``<uttid> PER:张三 LOC:北京``), all sorted by utterance id.
 
 Bad input never stops the stage: audio without a transcript, a transcript without audio, malformed
-marks, duplicate ids and a ``text`` that differs from ``text_ner`` without its marks are each reported
-with file:line or utterance id, counted in the summary, listed in ``<output_dir>/local/`` and skipped.
+marks, duplicate ids, a ``text`` that differs from ``text_ner`` without its marks, an empty transcript,
+a line that is not valid UTF-8, a wav file that cannot be opened (a dangling symlink), a speaker
+directory without wavs and a speaker tarball that cannot be unpacked are each reported with file:line,
+path or utterance id, counted in the summary, listed in ``<output_dir>/local/`` and skipped.
 
 It walks the tree with os.scandir and reads no audio, so the full AISHELL-1 size (141,600
 utterances) takes seconds; ``local/benchmark_data_prep.py`` measures it.
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +52,10 @@ MALFORMED_MARKS = "malformed marks"
 EMPTY_TRANSCRIPT = "empty transcript"
 DUPLICATE_ID = "duplicate id"
 TEXT_MISMATCH = "text differs from text_ner"
+INVALID_UTF8 = "transcript line not UTF-8"
+UNREADABLE_AUDIO = "unreadable wav file"
+SPEAKER_WITHOUT_AUDIO = "speaker directory without wavs"
+BAD_TARBALL = "speaker tarball not unpacked"
 PROBLEM_KINDS = (
     AUDIO_WITHOUT_TRANSCRIPT,
     TRANSCRIPT_WITHOUT_AUDIO,
@@ -55,7 +63,12 @@ PROBLEM_KINDS = (
     EMPTY_TRANSCRIPT,
     DUPLICATE_ID,
     TEXT_MISMATCH,
+    INVALID_UTF8,
+    UNREADABLE_AUDIO,
+    SPEAKER_WITHOUT_AUDIO,
+    BAD_TARBALL,
 )
+BOM = "\ufeff"
 
 
 class DataPrepError(RuntimeError):
@@ -69,8 +82,13 @@ class ProblemReport:
         self.log_path = log_path
         self.max_printed_per_kind = max_printed_per_kind
         self.entries: dict[str, list[str]] = defaultdict(list)
+        # Utterances already reported as lost (unreadable wav, undecodable line): their other half is not
+        # reported again as audio without transcript or transcript without audio.
+        self.lost_ids: set[str] = set()
 
-    def add(self, kind: str, where: str, message: str) -> None:
+    def add(self, kind: str, where: str, message: str, lost_id: str | None = None) -> None:
+        if lost_id is not None:
+            self.lost_ids.add(lost_id)
         line = f"{kind}: {where}: {message}"
         self.entries[kind].append(line)
         count = len(self.entries[kind])
@@ -143,15 +161,34 @@ def _unpack_stamp(tarball: Path) -> Path:
     return tarball.with_name(f".{tarball.name}.unpacked")
 
 
-def _unpack_one(tarball: Path) -> Path:
-    with tarfile.open(tarball) as archive:
-        archive.extractall(tarball.parent, filter="data")  # the data filter refuses paths leaving wav/
+def _unpack_one(tarball: Path) -> str | None:
+    """Unpack into a temporary directory, then move the files into place; returns the error, if any.
+
+    A truncated or corrupt tarball leaves nothing half-unpacked in wav/ and no stamp, so the next run
+    tries it again from scratch.
+    """
+    staging = tarball.with_name(f".{tarball.name}.unpacking")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed while unpacking
+    try:
+        with tarfile.open(tarball) as archive:
+            archive.extractall(staging, filter="data")  # the data filter refuses paths leaving the directory
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        return f"{type(error).__name__}: {error}"
+    for directory, _, files in os.walk(staging):
+        target = tarball.parent / Path(directory).relative_to(staging)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(Path(directory) / name, target / name)
+    shutil.rmtree(staging)
     _unpack_stamp(tarball).touch()
-    return tarball
+    return None
 
 
-def unpack_speaker_tarballs(wav_dir: Path, nj: int = 1) -> int:
-    """Unpack the per-speaker wav/<SPK>.tar.gz of the openslr release once; returns how many were unpacked now."""
+def unpack_speaker_tarballs(wav_dir: Path, problems: ProblemReport, nj: int = 1) -> int:
+    """Unpack the per-speaker wav/<SPK>.tar.gz of the openslr release once; returns how many were unpacked now.
+
+    A tarball that cannot be unpacked is reported and its speaker skipped."""
     pending = [t for t in sorted(wav_dir.glob("*.tar.gz")) if not _unpack_stamp(t).exists()]
     if not pending:
         return 0
@@ -159,13 +196,18 @@ def unpack_speaker_tarballs(wav_dir: Path, nj: int = 1) -> int:
         raise DataPrepError(f"{len(pending)} speaker tarballs in {wav_dir} need unpacking but the directory is not writable")
     print(f"unpacking {len(pending)} speaker tarballs in {wav_dir} with {nj} jobs", flush=True)
     start = time.time()
+    unpacked = 0
     # Threads suffice: zlib and file writes release the GIL.
     with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:
-        for done, _ in enumerate(pool.map(_unpack_one, pending), 1):
+        for done, (tarball, error) in enumerate(zip(pending, pool.map(_unpack_one, pending)), 1):
+            if error is None:
+                unpacked += 1
+            else:
+                problems.add(BAD_TARBALL, str(tarball), f"{error}; its speaker is left out (tried again at the next run)")
             if done % 20 == 0 or done == len(pending):
                 rate = done / max(time.time() - start, 1e-9)
                 print(f"  unpacked {done}/{len(pending)} tarballs ({rate:.1f}/s)", flush=True)
-    return len(pending)
+    return unpacked
 
 
 def scan_audio(wav_dir: Path, problems: ProblemReport) -> dict[str, AudioFile]:
@@ -181,32 +223,53 @@ def scan_audio(wav_dir: Path, problems: ProblemReport) -> dict[str, AudioFile]:
         for speaker_dir in speaker_dirs:
             with os.scandir(speaker_dir.path) as it:
                 wavs = sorted((e for e in it if e.name.lower().endswith(".wav")), key=lambda e: e.name)
+            if not wavs:
+                problems.add(SPEAKER_WITHOUT_AUDIO, speaker_dir.path, f"speaker {speaker_dir.name} has no .wav file")
             for wav in wavs:
                 uttid = wav.name[:-4]
                 if uttid in audio:
                     problems.add(DUPLICATE_ID, wav.path, f"{uttid} also at {audio[uttid].path}; kept the first")
                     continue
-                audio[uttid] = AudioFile(subset, speaker_dir.name, os.path.abspath(wav.path), wav.stat().st_size)
+                try:
+                    num_bytes = wav.stat().st_size  # follows symlinks: a dangling one fails here
+                except OSError as error:
+                    problems.add(UNREADABLE_AUDIO, wav.path, f"{uttid}: {error.strerror}", lost_id=uttid)
+                    continue
+                audio[uttid] = AudioFile(subset, speaker_dir.name, os.path.abspath(wav.path), num_bytes)
     return audio
 
 
 def read_transcripts(paths: list[Path], problems: ProblemReport) -> dict[str, TranscriptLine]:
-    """Read ``<uttid> <transcript>`` files into one table; a repeated id is a duplicate, the first line wins."""
+    """Read ``<uttid> <transcript>`` files into one table; a repeated id is a duplicate, the first line wins.
+
+    A byte-order mark is dropped at the start of every line, not only of the file: files joined with
+    ``cat`` carry one in the middle."""
     table: dict[str, TranscriptLine] = {}
     for path in paths:
         if not path.is_file():
             raise DataPrepError(f"transcript file not found: {path}")
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = line.split(maxsplit=1)
-                if not fields:
-                    continue
-                where = f"{path}:{lineno}"
-                uttid = fields[0]
-                if uttid in table:
-                    problems.add(DUPLICATE_ID, where, f"{uttid} already at {table[uttid].where}; kept the first")
-                    continue
-                table[uttid] = TranscriptLine(normalize_transcript(fields[1] if len(fields) > 1 else ""), where)
+        try:
+            with open(path, "rb") as f:
+                raw_lines = f.read().splitlines()
+        except OSError as error:
+            raise DataPrepError(f"cannot read transcript file {path}: {error.strerror}") from None
+        for lineno, raw in enumerate(raw_lines, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                uttid = raw.split(maxsplit=1)[0].decode("utf-8", "replace") if raw.split() else ""
+                problems.add(INVALID_UTF8, where, f"{uttid}: byte 0x{raw[error.start]:02x} at byte {error.start} "
+                             "is not UTF-8", lost_id=uttid)
+                continue
+            fields = line.lstrip(BOM).split(maxsplit=1)
+            if not fields:
+                continue
+            uttid = fields[0]
+            if uttid in table:
+                problems.add(DUPLICATE_ID, where, f"{uttid} already at {table[uttid].where}; kept the first")
+                continue
+            table[uttid] = TranscriptLine(normalize_transcript(fields[1] if len(fields) > 1 else ""), where)
     return table
 
 
@@ -225,16 +288,17 @@ def join_utterances(
         wav = audio[uttid]
         plain, marked = transcript.get(uttid), ner.get(uttid)
         if plain is None or marked is None:
-            missing = "the AISHELL transcript" if plain is None else "the AISHELL-NER transcripts"
-            problems.add(AUDIO_WITHOUT_TRANSCRIPT, wav.path, f"{uttid} has no line in {missing}")
+            if uttid not in problems.lost_ids:
+                missing = "the AISHELL transcript" if plain is None else "the AISHELL-NER transcripts"
+                problems.add(AUDIO_WITHOUT_TRANSCRIPT, wav.path, f"{uttid} has no line in {missing}")
+            continue
+        if not plain.text or not marked.text:
+            problems.add(EMPTY_TRANSCRIPT, (marked if plain.text else plain).where, f"{uttid} has an empty transcript")
             continue
         try:
             ner_plain, entities = parse_marked(marked.text)
         except MarkupError as error:
             problems.add(MALFORMED_MARKS, marked.where, f"{uttid}: {error}: {marked.text}")
-            continue
-        if not plain.text:
-            problems.add(EMPTY_TRANSCRIPT, plain.where, f"{uttid} has an empty transcript")
             continue
         if ner_plain != plain.text:
             problems.add(TEXT_MISMATCH, marked.where, f"{uttid}: text '{plain.text}' ({plain.where}) vs text_ner without marks '{ner_plain}'")
@@ -252,7 +316,7 @@ def join_utterances(
         )
     for source in (transcript, ner):
         for uttid, line in source.items():
-            if uttid not in audio:
+            if uttid not in audio and uttid not in problems.lost_ids:
                 problems.add(TRANSCRIPT_WITHOUT_AUDIO, line.where, f"{uttid} has no wav file")
     return by_set
 
@@ -282,11 +346,12 @@ def format_summary(summary: PrepSummary) -> str:
     rows = [("utterances", lambda s: f"{s.utterances:,}"), ("speakers", lambda s: f"{s.speakers:,}"),
             ("hours (wav sizes)", lambda s: f"{s.seconds / 3600:.2f}")]
     rows += [(f"entities {t}", lambda s, t=t: f"{s.entities[t]:,}") for t in ENTITY_TYPES]
-    lines = [f"{'stage 1 summary':<28}" + "".join(f"{subset:>10}" for subset in SETS)]
+    width = 2 + max(map(len, summary.problems))  # the longest kind of problem, indented
+    lines = [f"{'stage 1 summary':<{width}}" + "".join(f"{subset:>10}" for subset in SETS)]
     for name, cell in rows:
-        lines.append(f"{name:<28}" + "".join(f"{cell(summary.sets[subset]):>10}" for subset in SETS))
-    lines.append(f"{'skipped (see warnings)':<28}{'count':>10}")
-    lines += [f"  {kind:<26}{count:>10,}" for kind, count in summary.problems.items()]
+        lines.append(f"{name:<{width}}" + "".join(f"{cell(summary.sets[subset]):>10}" for subset in SETS))
+    lines.append(f"{'skipped (see warnings)':<{width}}{'count':>10}")
+    lines += [f"  {kind:<{width - 2}}{count:>10,}" for kind, count in summary.problems.items()]
     return "\n".join(lines)
 
 
@@ -303,7 +368,7 @@ def prepare(
     if not ner_transcripts:
         raise DataPrepError("no AISHELL-NER transcript given (--ner_transcripts)")
     problems = ProblemReport(Path(output_dir) / "local" / "stage1_problems.txt", max_printed_per_kind)
-    unpack_speaker_tarballs(root / "wav", nj)
+    unpack_speaker_tarballs(root / "wav", problems, nj)
     audio = scan_audio(root / "wav", problems)
     if not audio:
         raise DataPrepError(f"no wav files under {root}/wav/{{train,dev,test}}/<speaker>/")

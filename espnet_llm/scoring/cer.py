@@ -4,8 +4,8 @@ The reference and hypothesis are Kaldi ``text`` files (``<uttid> <transcript>``)
 the same normalisation (whitespace removed, full-width Latin to half-width, entity marks stripped)
 and are split into characters, written as ESPnet's trn lines ``<c h a r s>\\t(<spk>-<uttid>)``, and
 scored by ``sclite -r ref.trn trn -h hyp.trn trn -i rm -o all stdout`` into ``result.txt``.
-Where sclite is not installed, ``alignment.py`` gives the same counts (sclite's costs and tie
-breaking) and a ``result.txt`` with the same Sum/Avg line.
+Where sclite is not installed, or fails, ``alignment.py`` gives the same counts (sclite's costs and
+tie breaking) and a ``result.txt`` with the same Sum/Avg line.
 
 A reference utterance without a hypothesis is scored as an empty hypothesis (all deleted) and
 listed; a hypothesis without a reference is listed and not scored.
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 ESPNET_TABLE_HEADER = "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|"
 # Debian's sctk puts sclite here and only a `sctk` dispatcher on PATH
 SCLITE_CANDIDATES = ("sclite", "/usr/lib/sctk/bin/sclite")
+BOM = "\ufeff"
+
+
+class ScoringInputError(ValueError):
+    """A reference or hypothesis file that cannot be scored; the message names the file and line."""
+
+
+class ScliteError(RuntimeError):
+    """sclite ran but gave no counts."""
 
 
 @dataclass
@@ -106,16 +115,24 @@ class CerResult:
 
 
 def read_numbered_text(path: str | Path) -> dict[str, tuple[int, str]]:
-    """uttid -> (line number, transcript) of ``<uttid> <transcript>`` lines; a repeated id is an error."""
+    """uttid -> (line number, transcript) of ``<uttid> <transcript>`` lines.
+
+    A repeated id or a line that is not UTF-8 is an error naming the file and line; a byte-order mark at
+    the start of any line (files joined with ``cat``) is dropped."""
     texts: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if not parts:
-                continue
-            if parts[0] in texts:
-                raise ValueError(f"{path}:{lineno}: utterance id {parts[0]} appears twice")
-            texts[parts[0]] = (lineno, parts[1] if len(parts) > 1 else "")
+    with open(path, "rb") as f:
+        raw_lines = f.read().splitlines()
+    for lineno, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ScoringInputError(f"{path}:{lineno}: byte 0x{raw[error.start]:02x} at byte {error.start} is not UTF-8") from None
+        parts = line.lstrip(BOM).split(maxsplit=1)
+        if not parts:
+            continue
+        if parts[0] in texts:
+            raise ScoringInputError(f"{path}:{lineno}: utterance id {parts[0]} appears twice (first at line {texts[parts[0]][0]})")
+        texts[parts[0]] = (lineno, parts[1] if len(parts) > 1 else "")
     return texts
 
 
@@ -150,7 +167,7 @@ def parse_sclite_counts(result_txt: str) -> ErrorCounts:
     """Read the counts (not the percentages) from the 'Sum' line of sclite's count summary."""
     match = _SCLITE_SUM.search(result_txt)
     if match is None:
-        raise ValueError("no 'Sum' line of counts in sclite's output (was it run with -o all or -o sum?)")
+        raise ScliteError("no 'Sum' line of counts in sclite's output (was it run with -o all or -o sum?)")
     snt, wrd, corr, sub, dele, ins, _err, serr = map(int, match.groups())
     return ErrorCounts(snt, wrd, corr, sub, dele, ins, serr)
 
@@ -160,7 +177,7 @@ def run_sclite(sclite: str, ref_trn: Path, hyp_trn: Path, result_txt: Path) -> E
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
     result_txt.write_text(proc.stdout, encoding="utf-8")
     if proc.returncode != 0:
-        raise RuntimeError(f"sclite failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+        raise ScliteError(f"sclite failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
     return parse_sclite_counts(proc.stdout)
 
 
@@ -210,7 +227,7 @@ def score_cer(
     """Score ``hyp_text`` against ``ref_text``; write ref.trn, hyp.trn, result.txt, result.json.
 
     ``utt2spk`` defaults to the one beside ``ref_text`` (speaker = utterance id without one).
-    ``backend``: "auto" (sclite where installed), "sclite" or "fallback".
+    ``backend``: "auto" (sclite where installed and working, else the fallback), "sclite" or "fallback".
     """
     if backend not in ("auto", "sclite", "fallback"):
         raise ValueError(f"backend must be auto, sclite or fallback, not {backend!r}")
@@ -245,9 +262,16 @@ def score_cer(
     sclite = find_sclite() if backend != "fallback" else None
     if backend == "sclite" and sclite is None:
         raise FileNotFoundError("sclite not found: install Debian's sctk (apt-get install -y sctk)")
+    counts = None
     if sclite:
-        counts = run_sclite(sclite, out_dir / "ref.trn", out_dir / "hyp.trn", out_dir / "result.txt")
-    else:
+        try:
+            counts = run_sclite(sclite, out_dir / "ref.trn", out_dir / "hyp.trn", out_dir / "result.txt")
+        except (ScliteError, OSError) as error:
+            if backend == "sclite":
+                raise
+            log.warning("%s does not work, scoring with the fallback aligner instead: %s", sclite, error)
+            sclite = None
+    if counts is None:
         counts = ErrorCounts()
         for _, ref_tokens, hyp_tokens in utterances:
             counts.add_utterance(*count_errors(ref_tokens, hyp_tokens))

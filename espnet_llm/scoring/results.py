@@ -93,11 +93,12 @@ def read_parse_repairs(decode_dir: Path) -> dict | None:
     files = sorted(decode_dir.glob("**/parse_repairs.json"))
     if not files:
         return None
-    total = {"utterances": 0, "with_problems": 0, "problems": {}}
+    total = {"utterances": 0, "with_problems": 0, "problems": {}, "broken_ids": []}
     for path in files:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         total["utterances"] += data["utterances"]
+        total["broken_ids"] += data.get("broken_ids", [])  # decodings before broken_ids was written have none
         total["with_problems"] += data["with_problems"]
         for kind, n in data["problems"].items():
             total["problems"][kind] = total["problems"].get(kind, 0) + n
@@ -278,6 +279,31 @@ def repairs_table(runs: list[Run]) -> list[str]:
     return lines + ([""] + legend if legend else [])
 
 
+NAMED_IDS = 20
+
+
+def _named(ids: list[str]) -> str:
+    return " ".join(ids[:NAMED_IDS]) + (f" ... ({len(ids) - NAMED_IDS} more)" if len(ids) > NAMED_IDS else "")
+
+
+def not_decoded_notes(run: Run) -> list[str]:
+    """The utterances of each scored set that have no hypothesis (left out before decoding: unreadable audio) or
+    an empty one written for a broken input (decoding could not read it), by name: both are scored as all
+    deleted, so the set's CER covers its whole reference."""
+    notes = []
+    for s in _sorted_sets(run.cer):
+        missing = run.cer[s].missing_hypotheses
+        broken = run.repairs[s]["broken_ids"] if s in run.repairs else []
+        if missing:
+            notes.append(f"- {s}: {len(missing)} utterance(s) of the reference have no hypothesis: {_named(missing)}")
+        if broken:
+            notes.append(f"- {s}: {len(broken)} utterance(s) could not be read by decoding: {_named(broken)}")
+    if not notes:
+        return []
+    return ["", "Not decoded, scored as all deleted (listed in decode_<set>/score_cer/result.json and the decoding "
+            "log):", *notes]
+
+
 def _ner_tables(ner: dict) -> list[str]:
     lines = [prf_table(ner), "", error_table(ner)]
     notes = [f"{len(ner[k])} {k.replace('_', ' ')}" for k in
@@ -339,10 +365,7 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         if run.cer:
             doc += ["", "### CER", "", ESPNET_TABLE_HEADER]
             doc += [run.cer[s].counts.table_row(f"decode_{s}") for s in _sorted_sets(run.cer)]
-            missing = {s: len(r.missing_hypotheses) for s, r in run.cer.items() if r.missing_hypotheses}
-            if missing:
-                doc += ["", "Missing hypotheses (scored as all deleted): "
-                        + ", ".join(f"{s}: {n}" for s, n in missing.items())]
+            doc += not_decoded_notes(run)
         for s in _sorted_sets(run.ner):
             doc += ["", f"### NER ({s})", ""] + _ner_tables(run.ner[s])
 

@@ -53,6 +53,17 @@ adapter_choices = ClassChoices(
 llm_choices = ClassChoices("llm", classes=dict(chatglm3=ChatGLM3LLM), default="chatglm3")
 
 
+def llm_model_path(args: argparse.Namespace) -> Path:
+    """``llm_conf.model_path``, checked before anything loads it: sentencepiece's error would not name the key."""
+    path = (args.llm_conf or {}).get("model_path")
+    if not path:
+        raise FileNotFoundError("llm_conf.model_path is not set in the training config")
+    if not (Path(path) / "tokenizer.model").is_file():
+        what = "has no tokenizer.model" if Path(path).is_dir() else "does not exist"
+        raise FileNotFoundError(f"llm_conf.model_path: {path} {what} (the recipe's stage 5 prepares the models)")
+    return Path(path)
+
+
 class SpeechLLMTask(AbsTask):
     num_optimizers: int = 1
     class_choices_list = [model_choices, speech_encoder_choices, adapter_choices, llm_choices]
@@ -97,7 +108,7 @@ class SpeechLLMTask(AbsTask):
     def tokenizer(cls, args):
         from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 
-        return ChatGLM3Tokenizer(str(Path(args.llm_conf["model_path"]) / "tokenizer.model"))
+        return ChatGLM3Tokenizer(str(llm_model_path(args) / "tokenizer.model"))
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False):
@@ -110,6 +121,7 @@ class SpeechLLMTask(AbsTask):
     @classmethod
     def build_model(cls, args: argparse.Namespace, load_weights: bool = True) -> AbsESPnetModel:
         """load_weights=False: the architecture only, from the config files (run under the meta device)."""
+        llm_model_path(args)
         llm = llm_choices.get_class(args.llm)(**args.llm_conf, load_weights=load_weights)
         speech_class = speech_encoder_choices.get_class(args.speech_encoder)
         if load_weights or speech_class is CachedWhisperFeatures:  # the cache has no weights to skip

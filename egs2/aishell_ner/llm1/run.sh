@@ -417,7 +417,8 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
     for run in "${runs[@]}"; do
         read -r system phase config <<<"${run}"
         _dir=${expdir}/${system}/${phase}
-        local/score.sh "${dumpdir}/raw" "${_dir}" "${test_sets}"
+        # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
+        local/score.sh data "${_dir}" "${test_sets}"
         if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
             ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
                 --output "${_dir}/gate_values.json"
