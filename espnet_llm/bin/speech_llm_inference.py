@@ -65,6 +65,7 @@ def load_model(train_config: str, model_file: str | None, device: str, allow_lar
     in a moment."""
     with open(train_config, encoding="utf-8") as f:
         args = argparse.Namespace(**yaml.safe_load(f))
+    state = checkpoint_state(model_file) if model_file is not None else None
     if device == "cpu" and not allow_large_model_on_cpu:
         with torch.device("meta"):  # the size, from the config files alone
             size = sum(p.numel() for p in SpeechLLMTask.build_model(args, load_weights=False).parameters())
@@ -74,7 +75,6 @@ def load_model(train_config: str, model_file: str | None, device: str, allow_lar
                 f"(run.sh --gpu_inference true), or pass --allow_large_model_on_cpu true (run.sh --inference_args) "
                 f"to decode on the CPU anyway, with the memory of the whole model in every job"
             )
-    state = checkpoint_state(model_file) if model_file is not None else None
     model = SpeechLLMTask.build_model(args)
     if state is not None:
         model.load_state_dict(state)  # strict on the trainable weights; the frozen ones come from the base models
