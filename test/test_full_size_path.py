@@ -145,6 +145,10 @@ def test_right_padded_rows_need_no_attention_mask(tiny_models):
     masked, unmasked = llm.hidden_states(embeds, mask), llm.hidden_states(embeds)
     for b, n in enumerate(lengths):
         torch.testing.assert_close(unmasked[b, :n], masked[b, :n], rtol=1e-5, atol=1e-5)
+    # padded on the left (as decoding pads), the same row without its mask would see the padding
+    left = mask.flip(1)
+    masked, unmasked = llm.hidden_states(embeds, left), llm.hidden_states(embeds)
+    assert not torch.allclose(unmasked[1, -5:], masked[1, -5:], atol=1e-3)
 
 
 def test_gates_norms_and_token_rows_get_no_weight_decay(tiny_models):
