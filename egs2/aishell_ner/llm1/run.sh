@@ -356,18 +356,21 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     for dset in $(data_sets); do
         _org=${dumpdir}/raw/org/${dset}
         _dst=${dumpdir}/raw/${dset}
-        rm -rf "${_dst}"
+        _tmp=${_dst}.tmp  # renamed to ${_dst} once complete: a killed run leaves nothing half-written there
+        rm -rf "${_tmp}"
         _opts="--min_duration ${min_wav_duration} --max_duration ${max_wav_duration} --fs ${fs}"
         if [ "${dset}" = "${train_set}" ] || [ "${dset}" = "${valid_set}" ]; then
             # shellcheck disable=SC2086
-            ${python} -m espnet_llm.data_prep.length_filter ${_opts} "${_org}" "${_dst}"
+            ${python} -m espnet_llm.data_prep.length_filter ${_opts} "${_org}" "${_tmp}"
         else
             # shellcheck disable=SC2086
             ${python} -m espnet_llm.data_prep.length_filter ${_opts} --report_only "${_org}"
-            utils/copy_data_dir.sh "${_org}" "${_dst}"
+            utils/copy_data_dir.sh "${_org}" "${_tmp}"
         fi
-        make_history "${_dst}"
-        utils/validate_data_dir.sh "${_dst}"
+        make_history "${_tmp}"
+        utils/validate_data_dir.sh "${_tmp}"
+        rm -rf "${_dst}"
+        mv "${_tmp}" "${_dst}"
     done
     log "Data summary:"
     # shellcheck disable=SC2046
