@@ -76,9 +76,13 @@ def test_parse_options_sets_existing_variables(options_script, tmp_path):
     (["--use_lm", "yes"], "option --use_lm takes true or false, got 'yes'"),
     (["--stage"], "option --stage needs a value"),
     (["--config", "missing.conf"], "config file missing.conf not found"),
+    # set, but not the script's: an environment variable (--PATH x broke path.sh), bash's own, an exported one
+    (["--PATH", "/x"], "unknown option --PATH (not an option of"),
+    (["--SECONDS", "1"], "unknown option --SECONDS (not an option of"),
+    (["--home", "/x"], "unknown option --home (not an option of"),
 ])
 def test_parse_options_rejects_bad_options(options_script, tmp_path, args, message):
-    result = run([str(options_script), *args], tmp_path)
+    result = run([str(options_script), *args], tmp_path, env={**os.environ, "home": "/elsewhere"})
     assert result.returncode == 1 and message in result.stderr
 
 

@@ -104,7 +104,8 @@ Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run
 (<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml.
 
 Options: the variables at the top of $0, each with its default and meaning, as --name value
-(--foo_bar and --foo-bar are the same; --config <file> reads name=value lines):
+(--foo_bar and --foo-bar are the same; --config <file> reads name=value lines; every value is checked
+before any stage runs, and a bad one stops run.sh with nothing changed):
 $(sed -n '/^# General$/,/^gpu_inference=/p' "$0")
 EOF
 )
