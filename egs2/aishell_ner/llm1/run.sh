@@ -176,13 +176,15 @@ check_options() {
     for opt in train_config inference_config; do
         [ -z "${!opt}" ] || [ -f "${!opt}" ] || bad "${opt}" "is not a file"
     done
+    # the training configs that the stages to run read: the speech LLMs' in stages 5-12, the Conformer's in 10-11
     for system in ${systems}; do
+        conf=()
         if [ "${system}" = conformer ]; then
-            conf=("${train_config:-${conf_dir}/train_asr_conformer.yaml}")
+            [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 10 ] \
+                && conf=("${train_config:-${conf_dir}/train_asr_conformer.yaml}")
         elif [ -z "${llm_phases}" ]; then
             bad llm_phases "must name a phase for the speech LLM ${system}"
-        else
-            conf=()
+        elif [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 5 ]; then
             for phase in ${llm_phases}; do conf+=("${train_config:-${conf_dir}/train_${system}_${phase}.yaml}"); done
         fi
         for value in "${conf[@]}"; do
