@@ -371,9 +371,9 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
             utils/copy_data_dir.sh "${_org}" "${_tmp}"
         fi
         make_history "${_tmp}"
-        utils/validate_data_dir.sh "${_tmp}"
         rm -rf "${_dst}"
         mv "${_tmp}" "${_dst}"
+        utils/validate_data_dir.sh "${_dst}"
     done
     log "Data summary:"
     # shellcheck disable=SC2046
