@@ -176,8 +176,13 @@ check_options() {
     for opt in train_config inference_config; do
         [ -z "${!opt}" ] || [ -f "${!opt}" ] || bad "${opt}" "is not a file"
     done
-    # the training configs that the stages to run read: the speech LLMs' in stages 5-12, the Conformer's in 10-11
+    # a system is the Conformer or has its configs; those that the stages to run read must all be there: the
+    # speech LLMs' in stages 5-12, the Conformer's in 10-11
     for system in ${systems}; do
+        if [ "${system}" != conformer ] && ! compgen -G "${conf_dir}/train_${system}_*.yaml" >/dev/null; then
+            bad systems "names ${system}, which has no config ${conf_dir}/train_${system}_<phase>.yaml" \
+                "(systems: conformer$(ls "${conf_dir}" | sed -n 's/^train_\(.*\)_short\.yaml$/ \1/p' | tr -d '\n'))"
+        fi
         conf=()
         if [ "${system}" = conformer ]; then
             [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 10 ] \
@@ -188,8 +193,7 @@ check_options() {
             for phase in ${llm_phases}; do conf+=("${train_config:-${conf_dir}/train_${system}_${phase}.yaml}"); done
         fi
         for value in "${conf[@]}"; do
-            [ -f "${value}" ] || bad systems "names ${system}, which has no config ${value}" \
-                "(systems: conformer$(ls "${conf_dir}" | sed -n 's/^train_\(.*\)_short\.yaml$/ \1/p' | tr -d '\n'))"
+            [ -f "${value}" ] || bad systems "names ${system}, which has no config ${value}"
         done
     done
     if [ "${stage}" -le 1 ]; then
