@@ -76,9 +76,13 @@ def test_parse_options_sets_existing_variables(options_script, tmp_path):
     (["--use_lm", "yes"], "option --use_lm takes true or false, got 'yes'"),
     (["--stage"], "option --stage needs a value"),
     (["--config", "missing.conf"], "config file missing.conf not found"),
+    # set, but not the script's: an environment variable (--PATH x broke path.sh), bash's own, an exported one
+    (["--PATH", "/x"], "unknown option --PATH (not an option of"),
+    (["--SECONDS", "1"], "unknown option --SECONDS (not an option of"),
+    (["--home", "/x"], "unknown option --home (not an option of"),
 ])
 def test_parse_options_rejects_bad_options(options_script, tmp_path, args, message):
-    result = run([str(options_script), *args], tmp_path)
+    result = run([str(options_script), *args], tmp_path, env={**os.environ, "home": "/elsewhere"})
     assert result.returncode == 1 and message in result.stderr
 
 
@@ -237,7 +241,7 @@ def test_stages_2_to_5_on_a_generated_corpus(tmp_path, monkeypatch):
     # stage 3: both copies of the broken file reported by id and removed, with counts
     assert "WARNING: 2 utterance(s) of train_sp could not be read and are left out:" in output
     assert re.search(r"ERROR utterance (sp0\.9-)?BAC009S0002W0002: ", output)
-    assert "dump/raw/org/train_sp: removed 2 utterance(s) missing from wav.scp" in output
+    assert "dump/raw/org/train_sp.tmp: removed 2 utterance(s) missing from wav.scp" in output  # renamed when done
     org = recipe / "dump" / "raw" / "org" / "train_sp"
     num_samples = {k: int(v) for k, v in read_table(org / "utt2num_samples").entries.items()}
     assert num_samples["BAC009S0003W0002"] == 16000  # 22.05 kHz stereo -> 16 kHz mono
@@ -249,7 +253,7 @@ def test_stages_2_to_5_on_a_generated_corpus(tmp_path, monkeypatch):
     assert "too short (< 0.1 s): 2 (BAC009S0002W0003 sp0.9-BAC009S0002W0003)" in output
     assert "too long (> 2.0 s): 2 (BAC009S0003W0001 sp0.9-BAC009S0003W0001)" in output
     assert "empty transcript: 2 (BAC009S0003W0005 sp0.9-BAC009S0003W0005)" in output
-    assert "dump/raw/org/train_sp -> dump/raw/train_sp: kept 10 of 16 utterances, removed 6" in output
+    assert "dump/raw/org/train_sp -> dump/raw/train_sp.tmp: kept 10 of 16 utterances, removed 6" in output
     assert "dump/raw/org/test: kept all 2 utterances (a test set); outside the limits: 1" in output
     assert len(lines(recipe / "dump" / "raw" / "test" / "wav.scp")) == 2
     history = read_table(train / "utt2history").entries
@@ -277,6 +281,9 @@ def test_stage_2_without_sox_names_tools_setup(tmp_path):
         if shutil.which(tool):
             (bin_dir / tool).symlink_to(shutil.which(tool))
     env = {**os.environ, "PATH": str(bin_dir)}
+    for dset in ("train", "dev", "test"):  # the data stage 2 starts from, else run.sh stops at its option check
+        (recipe / "data" / dset).mkdir(parents=True)
+        (recipe / "data" / dset / "wav.scp").write_text("")
     result = run([str(shutil.which("bash")), "./run.sh", "--stage", "2", "--stop_stage", "2",
                   "--speed_perturb_factors", "0.9 1.0 1.1"], recipe, env=env)
     assert result.returncode == 1

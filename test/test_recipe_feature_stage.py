@@ -107,7 +107,8 @@ def test_llm_configs_must_agree_on_the_whisper(tiny_models, tmp_path):
     config = yaml.safe_load(long.read_text())
     config["speech_encoder_conf"]["pad_to_30s"] = not config["speech_encoder_conf"].get("pad_to_30s", False)
     long.write_text(yaml.safe_dump(config))
+    make_set(recipe)  # stage 6's input: without it run.sh stops at its option check, before the configs are read
     output = run_sh(recipe, "--stage", "6", "--stop_stage", "11", "--systems", "decoder_only",
-                    "--llm_phases", "short long", ok=False)
+                    "--llm_phases", "short long", *ONE_SET, ok=False)
     assert "dumps one Whisper's features for every speech LLM" in output
     assert "conf/tiny/train_decoder_only_long.yaml" in output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from espnet_llm.scoring.results import write_results
@@ -23,7 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
-    summary = write_results(args.expdir, args.out)
+    # written beside it and renamed: a run killed while writing leaves the earlier RESULTS.md, not half of one
+    tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+    summary = write_results(args.expdir, tmp)
+    os.replace(tmp, args.out)
     print(f"# wrote {args.out}")
     print(summary)
     if args.cer_set:

@@ -1,4 +1,5 @@
-"""ESPnet's trainer, with a phase that continues the optimiser and LR schedule of the phase before it.
+"""ESPnet's trainer (safe to kill: ``resumable_trainer``), with a phase that continues the optimiser and LR
+schedule of the phase before it.
 
 The paper trains three phases, each from the last (short-form ASR, long-form ASR, CoT NER). ESPnet's
 ``--init_param`` carries the weights only: AdamW's moments start from zero and the warmup climbs back to the
@@ -16,8 +17,10 @@ import logging
 from pathlib import Path
 
 import torch
-from espnet2.train.trainer import Trainer, TrainerOptions
+from espnet2.train.trainer import TrainerOptions
 from espnet2.utils.build_dataclass import build_dataclass
+
+from espnet_llm.tasks.resumable_trainer import ResumableTrainer
 
 
 @dataclasses.dataclass
@@ -44,7 +47,7 @@ def continue_schedule(checkpoint: str | Path, optimizers, schedulers) -> None:
     logging.info(f"continuing the optimiser and LR schedule of {checkpoint}: LR {lrs}")
 
 
-class PhaseTrainer(Trainer):
+class PhaseTrainer(ResumableTrainer):
     @classmethod
     def build_options(cls, args: argparse.Namespace) -> PhaseTrainerOptions:
         return build_dataclass(PhaseTrainerOptions, args)

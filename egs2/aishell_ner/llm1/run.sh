@@ -104,7 +104,8 @@ Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run
 (<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml.
 
 Options: the variables at the top of $0, each with its default and meaning, as --name value
-(--foo_bar and --foo-bar are the same; --config <file> reads name=value lines):
+(--foo_bar and --foo-bar are the same; --config <file> reads name=value lines; every value is checked
+before any stage runs, and a bad one stops run.sh with nothing changed):
 $(sed -n '/^# General$/,/^gpu_inference=/p' "$0")
 EOF
 )
@@ -116,10 +117,9 @@ if [ $# -gt 0 ]; then
     exit 1
 fi
 
-. ./path.sh
-. ./cmd.sh
-
-char_token_list=${token_listdir}/char/tokens.txt
+# The stages and the phases a speech LLM phase starts from (short: none, it starts from the pretrained models).
+all_stages="1 2 3 4 5 6 10 11 12 13"
+declare -A previous_phase=([short]="" [long]=short [cot]=long)
 
 if [ -z "${model_size}" ]; then
     if [ -n "${aishell_root}" ]; then model_size=full; else model_size=tiny; fi
@@ -128,21 +128,106 @@ _gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
 case "${model_size}" in
     tiny) conf_dir=conf/tiny; inference_nj=${inference_nj:-1} ;;
     full) conf_dir=conf; inference_nj=${inference_nj:-$(( _gpus > 0 ? _gpus : 1 ))} ;;  # one batched job per GPU
-    *) log "Error: --model_size must be tiny or full, got '${model_size}'"; exit 1 ;;
+    *) log "Error: --model_size '${model_size}': must be tiny or full"; exit 1 ;;
 esac
-if [ -z "${ngpu}" ]; then
-    ngpu=$(( _gpus > 0 ? 1 : 0 ))
-fi
-case "${use_feature_cache}" in
-    true|false) ;;
-    *) log "Error: --use_feature_cache must be true or false, got '${use_feature_cache}'"; exit 1 ;;
-esac
-inference_ngpu=$("${gpu_inference}" && echo 1 || echo 0)
 
 # The data sets, each once, in the order train, valid, tests.
 data_sets() {
     echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' '
 }
+
+# Every option is checked here, before any stage reads, deletes or writes anything: a bad value stops
+# run.sh with one line naming the option, and nothing on disk has changed.
+check_options() {
+    local opt value dset dir phase system conf
+    bad() { log "Error: --$1 '${!1}': ${*:2}"; exit 1; }
+    for opt in stage stop_stage history_k; do
+        [[ ${!opt} =~ ^[0-9]+$ ]] || bad "${opt}" "must be a whole number"
+    done
+    for opt in nj num_nodes fs inference_nj; do
+        [[ ${!opt} =~ ^[1-9][0-9]*$ ]] || bad "${opt}" "must be a whole number of at least 1"
+    done
+    [[ ${ngpu} =~ ^[0-9]*$ ]] || bad ngpu "must be empty (1 if nvidia-smi lists a GPU, else 0) or a whole number"
+    [ "${stage}" -le 13 ] || bad stage "is after the last stage (stages: ${all_stages})"
+    [ "${stage}" -le "${stop_stage}" ] || bad stage "is after --stop_stage ${stop_stage}: nothing to run"
+    for opt in use_feature_cache dry_run gpu_inference; do
+        [[ ${!opt} =~ ^(true|false)$ ]] || bad "${opt}" "must be true or false"
+    done
+    for opt in min_wav_duration max_wav_duration; do
+        [[ ${!opt} =~ ^[0-9]*\.?[0-9]+$ ]] || bad "${opt}" "must be a number of seconds"
+    done
+    awk "BEGIN { exit !(${min_wav_duration} < ${max_wav_duration}) }" \
+        || bad min_wav_duration "must be below --max_wav_duration ${max_wav_duration}"
+    for value in ${speed_perturb_factors}; do
+        [[ ${value} =~ ^[0-9]*\.?[0-9]+$ ]] && awk "BEGIN { exit !(${value} > 0) }" \
+            || bad speed_perturb_factors "must be positive numbers, e.g. \"0.9 1.0 1.1\""
+    done
+    for opt in dumpdir expdir token_listdir train_set valid_set test_sets python inference_model conformer_model; do
+        [ -n "${!opt}" ] || bad "${opt}" "must not be empty"
+    done
+    for opt in train_set valid_set test_sets; do
+        for dset in ${!opt}; do
+            [[ ${dset} =~ ^[A-Za-z0-9_.-]+$ ]] || bad "${opt}" "must be data set names (letters, digits, _ . -)"
+        done
+    done
+    [ -n "${systems}" ] || bad systems "must name at least one system"
+    for phase in ${llm_phases}; do
+        [ -n "${previous_phase[${phase}]+set}" ] || bad llm_phases "must be phases among: short long cot"
+    done
+    for opt in train_config inference_config; do
+        [ -z "${!opt}" ] || [ -f "${!opt}" ] || bad "${opt}" "is not a file"
+    done
+    # a system is the Conformer or has its configs; those that the stages to run read must all be there: the
+    # speech LLMs' in stages 5-12, the Conformer's in 10-11
+    for system in ${systems}; do
+        if [ "${system}" != conformer ] && ! compgen -G "${conf_dir}/train_${system}_*.yaml" >/dev/null; then
+            bad systems "names ${system}, which has no config ${conf_dir}/train_${system}_<phase>.yaml" \
+                "(systems: conformer$(ls "${conf_dir}" | sed -n 's/^train_\(.*\)_short\.yaml$/ \1/p' | tr -d '\n'))"
+        fi
+        conf=()
+        if [ "${system}" = conformer ]; then
+            [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 10 ] \
+                && conf=("${train_config:-${conf_dir}/train_asr_conformer.yaml}")
+        elif [ -z "${llm_phases}" ]; then
+            bad llm_phases "must name a phase for the speech LLM ${system}"
+        elif [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 5 ]; then
+            for phase in ${llm_phases}; do conf+=("${train_config:-${conf_dir}/train_${system}_${phase}.yaml}"); done
+        fi
+        for value in "${conf[@]}"; do
+            [ -f "${value}" ] || bad systems "names ${system}, which has no config ${value}"
+        done
+    done
+    if [ "${stage}" -le 1 ]; then
+        [ -z "${aishell_root}" ] || [ -d "${aishell_root}" ] || bad aishell_root "is not a directory"
+        for value in ${ner_transcripts}; do
+            [ -f "${value}" ] || bad ner_transcripts "names ${value}, which is not a file"
+        done
+    else
+        # the data of the first stage that runs must be there (from stage 3 on, the training set is the perturbed one)
+        for dset in $(data_sets); do
+            if [ "${stage}" -ge 3 ] && [ -n "${speed_perturb_factors}" ] && [ "${dset}" = "${train_set}" ]; then
+                dset=${dset}_sp
+            fi
+            case "${stage}" in
+                2|3) dir=data/${dset} ;;
+                4) dir=${dumpdir}/raw/org/${dset} ;;
+                *) dir=${dumpdir}/raw/${dset} ;;
+            esac
+            [ -f "${dir}/wav.scp" ] || { log "Error: ${dir}/wav.scp not found (a set of --train_set," \
+                "--valid_set or --test_sets): run the stages before --stage ${stage} first"; exit 1; }
+        done
+    fi
+}
+check_options
+
+. ./path.sh
+. ./cmd.sh
+
+char_token_list=${token_listdir}/char/tokens.txt
+if [ -z "${ngpu}" ]; then
+    ngpu=$(( _gpus > 0 ? 1 : 0 ))
+fi
+inference_ngpu=$("${gpu_inference}" && echo 1 || echo 0)
 
 require_sox() {
     if ! command -v sox >/dev/null 2>&1; then
@@ -156,15 +241,6 @@ require_sox() {
 make_history() {
     ${python} -m espnet_llm.data_prep.history "$1" --k "${history_k}"
 }
-
-# The phase a speech LLM phase starts from (short: none, it starts from the pretrained models).
-declare -A previous_phase=([short]="" [long]=short [cot]=long)
-for phase in ${llm_phases}; do
-    if [ -z "${previous_phase[${phase}]+set}" ]; then
-        log "Error: unknown phase '${phase}' in --llm_phases (short, long, cot)"
-        exit 1
-    fi
-done
 
 # The training runs, in order, one "<system> <phase> <training config>" line each: the Conformer baseline
 # (local/conformer.sh) is conformer/asr, the speech LLMs' runs are llm_runs, their configs llm_configs.
@@ -287,17 +363,20 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     for dset in $(data_sets); do
         _org=${dumpdir}/raw/org/${dset}
         _dst=${dumpdir}/raw/${dset}
-        rm -rf "${_dst}"
+        _tmp=${_dst}.tmp  # renamed to ${_dst} once complete: a killed run leaves nothing half-written there
+        rm -rf "${_tmp}"
         _opts="--min_duration ${min_wav_duration} --max_duration ${max_wav_duration} --fs ${fs}"
         if [ "${dset}" = "${train_set}" ] || [ "${dset}" = "${valid_set}" ]; then
             # shellcheck disable=SC2086
-            ${python} -m espnet_llm.data_prep.length_filter ${_opts} "${_org}" "${_dst}"
+            ${python} -m espnet_llm.data_prep.length_filter ${_opts} "${_org}" "${_tmp}"
         else
             # shellcheck disable=SC2086
             ${python} -m espnet_llm.data_prep.length_filter ${_opts} --report_only "${_org}"
-            utils/copy_data_dir.sh "${_org}" "${_dst}"
+            utils/copy_data_dir.sh "${_org}" "${_tmp}"
         fi
-        make_history "${_dst}"
+        make_history "${_tmp}"
+        rm -rf "${_dst}"
+        mv "${_tmp}" "${_dst}"
         utils/validate_data_dir.sh "${_dst}"
     done
     log "Data summary:"

@@ -102,7 +102,7 @@ case "${stage}" in
         "${ngpu} GPU(s) x ${num_nodes} node(s): ${dir}/train.log"
     # shellcheck disable=SC2086
     local/train.sh --ngpu "${ngpu}" --num_nodes "${num_nodes}" --threads "${threads}" \
-        --train_module espnet2.bin.asr_train "${dir}" -- "${opts[@]}" ${train_args}
+        --train_module espnet_llm.bin.asr_train "${dir}" -- "${opts[@]}" ${train_args}
     ;;
 12)
     if [ ! -f "${dir}/${inference_model}" ]; then

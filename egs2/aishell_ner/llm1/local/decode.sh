@@ -56,11 +56,13 @@ decode_set() {  # <set> <options>
         python -m "${inference_module}" --ngpu "${ngpu}" \
             --data_path_and_name_and_type "${speech}" "${entries[@]}" \
             --key_file "${logdir}/keys.JOB.scp" --output_dir "${logdir}/output.JOB" "$@"
+    # under a temporary name, then renamed: a run killed while merging leaves no half-written file to score
     for f in text token score text_ner; do
         if [ -f "${logdir}/output.1/1best_recog/${f}" ]; then
             for n in $(seq "${_nj}"); do
                 cat "${logdir}/output.${n}/1best_recog/${f}"
-            done | sort -k1,1 >"${decode_dir}/${f}"
+            done | sort -k1,1 >"${decode_dir}/${f}.tmp"
+            mv "${decode_dir}/${f}.tmp" "${decode_dir}/${f}"
         fi
     done
     log "decoded ${dset}: $(wc -l <"${decode_dir}/text") utterances -> ${decode_dir}/text"

@@ -73,10 +73,13 @@ if ! ${cuda_cmd} --gpu "${ngpu}" JOB=1:"${_nj}" "${out_dir}/logs/dump.JOB.log" \
     exit 1
 fi
 
-for f in feats.scp feats_shape utt2num_frames failed; do
+# each file written under a temporary name and renamed, feats.scp last: it is what tells the later stages that
+# the dump is complete, so a run killed here leaves none of them half-written
+for f in failed utt2num_frames feats_shape feats.scp; do
     for n in $(seq "${_nj}"); do
         cat "${out_dir}/parts/${n}/${f}"
-    done | sort -k1,1 >"${out_dir}/${f}"
+    done | sort -k1,1 >"${out_dir}/${f}.tmp"
+    mv "${out_dir}/${f}.tmp" "${out_dir}/${f}"
 done
 _failed=$(wc -l <"${out_dir}/failed")
 log "${out_dir}: $(wc -l <"${out_dir}/feats.scp") utterances dumped, ${_failed} failed"

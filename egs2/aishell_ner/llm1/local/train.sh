@@ -10,7 +10,7 @@ set -euo pipefail
 ngpu=0
 num_nodes=1
 threads=1      # OMP_NUM_THREADS of the training program
-train_module=  # espnet2.bin.asr_train, espnet_llm.bin.speech_llm_train
+train_module=  # espnet_llm.bin.asr_train, espnet_llm.bin.speech_llm_train
 
 help_message="Usage: $0 [--ngpu ${ngpu}] [--num_nodes ${num_nodes}] [--threads ${threads}] --train_module <module> <output_dir> -- <training options>"
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Option parsing for recipe scripts, Kaldi's convention: source it after the defaults,
 #   . utils/parse_options.sh || exit 1
-# and every "--foo-bar value", "--foo_bar value" or "--foo_bar=value" sets the existing shell
-# variable foo_bar. An option without a variable of that name is an error (typos do not pass
-# silently); a variable whose default is true/false only takes true/false.
+# and every "--foo-bar value", "--foo_bar value" or "--foo_bar=value" sets the shell variable
+# foo_bar that the script set before sourcing this file. Only those are options: an option without
+# such a variable is an error (typos do not pass silently), and so are environment variables
+# (exported: --PATH would break path.sh) and bash's own (upper case: --SECONDS, --IFS), since the
+# recipe's options are lower case. A variable whose default is true/false only takes true/false.
 #   --config <file>   sources <file> (name=value lines) at that point of the command line
 #   --help, -h        prints ${help_message} (set it before sourcing) and exits 0
 # Parsing stops at the first argument not starting with "--" or after "--"; what is left stays
@@ -37,6 +39,10 @@ while [ $# -gt 0 ]; do
             _po_name=${_po_name//-/_}
             if ! [[ ${_po_name} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!_po_name+set}" ]; then
                 echo "$0: unknown option --${_po_name} (no such variable in $0; see --help)" >&2
+                exit 1
+            fi
+            if [[ ${_po_name} =~ [A-Z] ]] || [[ $(declare -p "${_po_name}") =~ ^declare\ -[a-zA-Z]*x ]]; then
+                echo "$0: unknown option --${_po_name} (not an option of $0: its options are its own lower-case variables, not environment or bash ones; see --help)" >&2
                 exit 1
             fi
             case "${!_po_name}" in
