@@ -101,7 +101,7 @@ def test_run_pl_runs_jobs_in_parallel_with_per_job_logs(tmp_path):
         assert log[3:5] == ["3", "with space"]
         assert log[-1].startswith("# Ended (code 0) at")
     (tmp_path / "serial").mkdir()
-    result = run([str(RECIPE / "utils" / "run.pl"), "--max-jobs-run", "1", "--gpu", "1", "JOB=1:2", "log/s.JOB.log",
+    result = run([str(RECIPE / "utils" / "run.pl"), "--max-jobs-run", "1", "--mem", "4G", "JOB=1:2", "log/s.JOB.log",
                   "bash", "-c", job], tmp_path / "serial")
     assert result.returncode == 0, result.stderr
     assert lines(tmp_path / "serial" / "log" / "s.1.log")[3] == "1"

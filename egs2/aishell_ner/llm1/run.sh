@@ -139,7 +139,7 @@ data_sets() {
 # Every option is checked here, before any stage reads, deletes or writes anything: a bad value stops
 # run.sh with one line naming the option, and nothing on disk has changed.
 check_options() {
-    local opt value dset dir phase system conf
+    local opt value dset dir phase system conf sets file=wav.scp
     bad() { log "Error: --$1 '${!1}': ${*:2}"; exit 1; }
     for opt in stage stop_stage history_k; do
         [[ ${!opt} =~ ^[0-9]+$ ]] || bad "${opt}" "must be a whole number"
@@ -202,18 +202,21 @@ check_options() {
         for value in ${ner_transcripts}; do
             [ -f "${value}" ] || bad ner_transcripts "names ${value}, which is not a file"
         done
-    else
-        # the data of the first stage that runs must be there (from stage 3 on, the training set is the perturbed one)
-        for dset in $(data_sets); do
+    elif ! { "${dry_run}" && [ "${stage}" -eq 11 ]; }; then  # a dry run of stage 11 reads the configs alone
+        # the data of the first stage that runs must be there (from stage 3 on, the training set is the perturbed
+        # one; decoding needs the test sets only, scoring their stage-1 transcripts)
+        sets=$(if [ "${stage}" -ge 12 ]; then echo "${test_sets}"; else data_sets; fi)
+        for dset in ${sets}; do
             if [ "${stage}" -ge 3 ] && [ -n "${speed_perturb_factors}" ] && [ "${dset}" = "${train_set}" ]; then
                 dset=${dset}_sp
             fi
             case "${stage}" in
                 2|3) dir=data/${dset} ;;
                 4) dir=${dumpdir}/raw/org/${dset} ;;
+                13) dir=data/${dset}; file=text ;;
                 *) dir=${dumpdir}/raw/${dset} ;;
             esac
-            [ -f "${dir}/wav.scp" ] || { log "Error: ${dir}/wav.scp not found (a set of --train_set," \
+            [ -f "${dir}/${file}" ] || { log "Error: ${dir}/${file} not found (a set of --train_set," \
                 "--valid_set or --test_sets): run the stages before --stage ${stage} first"; exit 1; }
         done
     fi
