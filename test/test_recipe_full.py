@@ -228,21 +228,25 @@ def test_export_gates_reads_tanh_of_each_layer_gate(tmp_path):
 
 
 def test_full_size_configs_pass_the_dry_run(tmp_path):
-    """conf/train_{decoder_only,encoder_decoder}_*.yaml at full size (Whisper-large-v2, ChatGLM3-6B: config files
-    only, no weights) through stage 11 with --dry_run: every phase builds and writes its config."""
+    """conf/train_<system>_*.yaml of every speech LLM system at full size (Whisper-large-v2, ChatGLM3-6B: config
+    files only, no weights) through stage 11 with --dry_run: every phase builds and writes its config."""
     from espnet_llm.bin.count_params import published_architectures
 
     recipe = recipe_copy(tmp_path / "recipe")
     published_architectures(recipe / "downloads")  # downloads/whisper-large-v2, downloads/chatglm3-6b, as conf/ names them
     output = run_sh(recipe, "--model_size", "full", "--stage", "11", "--stop_stage", "11", "--dry_run", "true",
-                    "--systems", "decoder_only encoder_decoder", timeout=900)
+                    "--systems", "decoder_only encoder_decoder hybrid encoder_decoder_dyngate", timeout=900)
     paper_epochs = {"short": 40, "long": 20, "cot": 20}
-    for arch in ("decoder_only", "encoder_decoder"):
+    models = {"decoder_only": "decoder_only", "encoder_decoder": "encoder_decoder", "hybrid": "hybrid",
+              "encoder_decoder_dyngate": "encoder_decoder"}
+    for system, model in models.items():
         for phase, epochs in paper_epochs.items():
-            run_dir = recipe / "exp" / arch / phase
+            run_dir = recipe / "exp" / system / phase
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
-            assert (config["model"], config["max_epoch"], config["llm_conf"]["lora_rank"]) == (arch, epochs, 32)
+            assert (config["model"], config["max_epoch"], config["llm_conf"]["lora_rank"]) == (model, epochs, 32)
             assert config["llm_conf"]["model_path"] == "downloads/chatglm3-6b"
             assert "trainable parameters" in (run_dir / "train.log").read_text()
             assert not list(run_dir.glob("*.pth"))  # nothing trained
-    assert "dry run of encoder_decoder/cot" in output
+    assert "dry run of encoder_decoder/cot" in output and "dry run of encoder_decoder_dyngate/cot" in output
+    assert yaml.safe_load((recipe / "exp" / "encoder_decoder_dyngate" / "short" / "config.yaml").read_text())[
+        "model_conf"]["gate"] == "dynamic"

@@ -210,6 +210,9 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
             score_ner(refs_ner, write_lines(tmp_path / "hyp_ner", hyps_ner), decode / "score_ner")
     espnet_train_log(exp / "decoder_only" / "short" / "train.log", epochs=3)
     (exp / "decoder_only" / "cot" / "gate_values.json").write_text(json.dumps({"gates": [0.1, -0.3, 0.5]}))
+    (exp / "decoder_only" / "cot" / "config.yaml").write_text("model: encoder_decoder\nnum_history: 2\n")
+    (exp / "decoder_only" / "short" / "gate_values.json").write_text(
+        json.dumps({"gates": [0.7, 0.2], "gate": "dynamic", "num_history": 0}))
 
     out = tmp_path / "recipe" / "RESULTS.md"
     out.parent.mkdir()
@@ -227,6 +230,9 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
     assert "|omitted entity|0|1|0|1|" in text  # decoder_only/cot: u2 missing, so 北京 omitted
     assert "|omitted entity|1|0|0|1|" in text  # decoder_only/short: 张三 not marked
     assert "Input problems: 1 missing hypotheses" in text
+    gates = text[text.index("## Gates"):text.index("## conformer")]  # K from the gate file, or the run's config
+    assert "|system|phase|gate|K|layer 1|layer 2|layer 3|" in gates
+    assert "|decoder_only|short|dynamic|0|+0.700|+0.200|-|" in gates and "|decoder_only|cot|static|2|+0.100|-0.300|+0.500|" in gates
     for png in ("decoder_only_short_curves.png", "decoder_only_cot_gates.png"):
         assert f"(results_images/{png})" in text
         assert (out.parent / "results_images" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

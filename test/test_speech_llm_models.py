@@ -17,16 +17,18 @@ from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
 ARCHITECTURES = ("decoder_only", "encoder_decoder")
+VARIANTS = ("encoder_decoder_dyngate", "hybrid")  # issue 15: dynamic gates; speech in the prompt and cross-attention
 TASKS = ("asr_short", "asr_long", "ner")
 
 
 def model_args(tiny_models, arch="decoder_only", task="asr_short", **llm_conf):
+    model, model_conf = ("encoder_decoder", {"gate": "dynamic"}) if arch == "encoder_decoder_dyngate" else (arch, {})
     return argparse.Namespace(
-        model=arch,
-        model_conf={},
+        model=model,
+        model_conf=model_conf,
         speech_encoder="whisper",
         speech_encoder_conf={"model_path": str(tiny_models / "whisper")},
-        speech_adapter="frame_stack" if arch == "decoder_only" else None,
+        speech_adapter="frame_stack" if model in ("decoder_only", "hybrid") else None,
         speech_adapter_conf={},
         llm="chatglm3",
         llm_conf={"model_path": str(tiny_models / "chatglm3"), "lora_rank": 4, "lora_dropout": 0.0, **llm_conf},
@@ -117,6 +119,85 @@ def test_untrained_cross_attention_gives_the_plain_llm(tiny_models):
         assert not torch.allclose(model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask)), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", VARIANTS)
+def test_untrained_variants_give_the_plain_llm(tiny_models, arch):
+    """As the static gate: whatever the gates, zero output projections leave ChatGLM3 as it was."""
+    model = build(tiny_models, arch, "asr_short").eval()
+    plain = load_chatglm3(tiny_models / "chatglm3").eval()
+    ids = torch.tensor([model.layout.prefix_ids + model.layout.tokenizer.encode("今天天气很好") + model.layout.suffix_ids])
+    mask = torch.ones_like(ids)
+    memory = torch.randn(1, 30, model.speech_encoder.output_size())  # the hybrid's cross-attention reads Whisper's
+    with torch.no_grad(), model.attending_to(memory, torch.tensor([30]), torch.zeros(1, 30, dtype=torch.long)):
+        ours = model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask))
+        expected = plain(input_ids=ids).logits
+        assert torch.allclose(ours, expected, atol=1e-6), (ours - expected).abs().max()
+        open_cross_attention(model)
+        assert not torch.allclose(model.llm.logits(model.llm.hidden_states(model.llm.embed(ids), mask)), expected, atol=1e-4)
+
+
+def test_untrained_hybrid_is_the_decoder_only_model(tiny_models):
+    """Same adapter, same prompt: each segment's speech stacked on its own, followed by <|sep|>, with its part."""
+    decoder_only = build(tiny_models, "decoder_only", "asr_long").eval()
+    hybrid = build(tiny_models, "hybrid", "asr_long", seed=1).eval()
+    hybrid.prompt_adapter.load_state_dict(decoder_only.adapter.state_dict())
+    g = torch.Generator().manual_seed(2)
+    part = torch.randn(decoder_only.part_embedding.weight.shape, generator=g)
+    decoder_only.part_embedding.weight.data.copy_(part)
+    hybrid.part_embedding.weight.data.copy_(part)
+    # segments of 47 and 41 Whisper frames: stacking the joined row by 5 would mix neighbouring segments
+    batch = batch_for(decoder_only, [((0.93, 0.81, 1.2), *ROWS[0][1:]), ROWS[1]])
+    speech = batch["speech"], batch["speech_lengths"], batch["speech_segments"]
+    with torch.no_grad():
+        for ours, expected in zip(hybrid.prompt_embeddings(*hybrid.encode_speech(*speech)),
+                                  decoder_only.prompt_embeddings(*decoder_only.encode_speech(*speech))):
+            assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-6)
+        expected, _, _ = decoder_only(**batch)
+        ours, _, _ = hybrid(**batch)
+        assert float(ours) == pytest.approx(float(expected), abs=1e-6)
+        open_cross_attention(hybrid)
+        assert abs(float(hybrid(**batch)[0]) - float(expected)) > 1e-4
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+def test_variants_train_only_their_intended_parameters(tiny_models, arch):
+    model = build(tiny_models, arch, "ner")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = batch_for(model, ROWS)
+    for _ in range(2):  # the first step moves the zero output projections; the gates follow from the second
+        loss, _, _ = model(**batch)
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    intended = (".cross_attention.", "prompt_adapter.") if arch == "hybrid" else (".cross_attention.",)
+    for n in changed:
+        assert "lora_" in n or any(i in n for i in intended) or "trainable_tokens" in n or n in (
+            "part_embedding.weight", "segment_embedding.weight"), f"{n} should be frozen"
+    assert all(any(i in n for n in changed) for i in intended) and any("lora_" in n for n in changed)
+    gate = ".cross_attention.gate_net.weight" if arch == "encoder_decoder_dyngate" else ".cross_attention.gate"
+    assert any(n.endswith(gate) for n in changed)
+
+
+def test_dynamic_gates_are_measured_on_the_current_utterance(tiny_models):
+    """export_gates' per-layer mean: the static gate's value at start; with the weights at zero each layer's bias
+    alone, over exactly the positions that predict the current utterance's tokens (and its end)."""
+    from espnet_llm.bin.export_gates import dynamic_gate_means
+
+    model = build(tiny_models, "encoder_decoder_dyngate", "asr_long").eval()
+    batch = batch_for(model, ROWS)
+    means, tokens = dynamic_gate_means(model, [batch])
+    targets = [model.layout.target_ids(text, marked, history) for _, text, marked, history in ROWS]
+    sep = model.layout.sep_id
+    assert tokens == sum(len(t) - (len(t) - t[::-1].index(sep) if sep in t else 0) for t in targets)
+    assert means == pytest.approx(dict.fromkeys(model.cross_attention_layers, float(torch.tanh(torch.tensor(1.0)))))
+    for i in model.cross_attention_layers:
+        model.llm.decoder_layers[i].cross_attention.gate_net.bias.data.fill_(-0.5 * i)
+    means, _ = dynamic_gate_means(model, [batch])
+    assert means == pytest.approx({i: float(torch.tanh(torch.tensor(-0.5 * i))) for i in model.cross_attention_layers})
+
+
 def reorder_segments(batch, row, order):
     """The batch with the speech segments of one row put in another order (lengths follow their audio)."""
     lengths = [int(n) for n in batch["speech_segments"][row] if n > 0]
@@ -132,7 +213,7 @@ def test_the_order_of_the_speech_segments_matters(tiny_models, arch):
     """Which audio is the current utterance must reach the model: with the encoder-decoder's memory an
     unordered set (no segment identity) the loss was the same for every order of history and current speech."""
     model = build(tiny_models, arch, "asr_long").eval()
-    if arch == "encoder_decoder":
+    if arch != "decoder_only":
         open_cross_attention(model)
     batch = batch_for(model, ROWS[:1])
     with torch.no_grad():
@@ -401,7 +482,7 @@ def test_max_new_tokens_follows_the_speech(tiny_models):
     assert token_limit(short, lengths[:1], None, 16000, 10.0, 200) == 10 + ANSWER_MARGIN
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + VARIANTS)
 def test_trainable_only_checkpoint_reloads_and_decodes_the_same(tiny_models, arch):
     model = build(tiny_models, arch, "asr_short")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -440,12 +521,12 @@ def test_generation_never_emits_embedding_rows_without_a_token(tiny_models, beam
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + VARIANTS)
 def test_decoding_sees_the_answer_parts_as_training_does(tiny_models, arch, beam_size):
     """Each generated token is fed with its answer part added, as in the teacher-forced loss: the greedy answer
     is the teacher-forced argmax over itself, and a beam's score is its teacher-forced log-probability."""
     model = build(tiny_models, arch, "asr_long").eval()
-    if arch == "encoder_decoder":
+    if arch != "decoder_only":
         open_cross_attention(model)
     g = torch.Generator().manual_seed(1)
     model.part_embedding.weight.data.copy_(torch.randn(model.part_embedding.weight.shape, generator=g))

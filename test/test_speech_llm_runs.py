@@ -34,7 +34,7 @@ def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
     config = write_config(tmp_path / "long.yaml")
     width = speech_llm_runs.whisper_dim(str(tiny_models / "whisper"))
     args = ["plan", "--expdir", "exp", "--fs", "16000", "--dumpdir", "dump", "--train_set", "train",
-            "--valid_set", "dev", config]
+            "--valid_set", "dev", "--systems", "decoder_only", config]
     assert speech_llm_runs.main(args) == 0
     stats, opts, shapes = capsys.readouterr().out.rstrip("\n").split("\t")
     assert stats == "exp/stats/asr_long_history2_chatglm3"
@@ -50,7 +50,7 @@ def test_plan_scales_batch_bins_to_the_features(tiny_models, tmp_path, capsys):
                          f"--batch_bins {600000 * 50 * width // 16000}")
 
 
-def test_one_schedule_spans_the_phases_of_an_architecture(tmp_path, capsys):
+def test_one_schedule_spans_the_phases_of_a_system(tmp_path, capsys):
     def stats(name, utterances):
         for part in ("train", "valid"):
             (tmp_path / "exp" / "stats" / name / part).mkdir(parents=True)
@@ -64,8 +64,9 @@ def test_one_schedule_spans_the_phases_of_an_architecture(tmp_path, capsys):
     long = write_config(tmp_path / "long.yaml", max_epoch=2, **common)
     other = write_config(tmp_path / "other.yaml", model="encoder_decoder", max_epoch=2, batch_type="sorted",
                          batch_size=5, scheduler_conf={"warmup_steps": 1})
+    twin = write_config(tmp_path / "twin.yaml", max_epoch=2, **common)  # another system of the same model
     args = ["plan", "--expdir", str(tmp_path / "exp"), "--fs", "16000", "--dumpdir", "dump", "--train_set", "train",
-            "--valid_set", "dev", short, long, other]
+            "--valid_set", "dev", "--systems", "a a b c", short, long, other, twin]
     assert speech_llm_runs.main(args) == 0
     assert "first_cycle_steps" not in capsys.readouterr().out  # no stats yet (stage 10 runs on this plan)
     stats("asr_short_history0_chatglm3", 10)  # 2 batches of 5, 3 epochs
@@ -75,6 +76,9 @@ def test_one_schedule_spans_the_phases_of_an_architecture(tmp_path, capsys):
     assert training[0].endswith("--scheduler_conf first_cycle_steps=14")
     assert training[1].endswith("--scheduler_conf first_cycle_steps=14")
     assert "first_cycle_steps" not in training[2]  # its config sets its own schedule
+    assert training[3].endswith("--scheduler_conf first_cycle_steps=8")  # its own phase alone
+    assert speech_llm_runs.main(args[:-1]) == 1
+    assert "--systems names 4 systems for 3 configs" in capsys.readouterr().err
 
 
 def test_a_missing_whisper_is_named(tmp_path):

@@ -6,10 +6,11 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
     python -m espnet_llm.bin.speech_llm_runs whisper_dim MODEL_PATH
         the width of that Whisper's features (stage 5 makes the tiny one)
     python -m espnet_llm.bin.speech_llm_runs plan --expdir EXP --fs FS --dumpdir DUMP --train_set SET
-            --valid_set SET [--feature_cache MODEL_PATH --feats_dir DIR] CONFIG...
+            --valid_set SET --systems "SYSTEM..." [--feature_cache MODEL_PATH --feats_dir DIR] CONFIG...
         a line per config for stages 10 and 11, its fields separated by tabs: the collect-stats directory, the
         data and input options (of collect-stats and training), and the options of training alone (shape files;
-        once the stats exist, the steps of a schedule that spans the phases, where a config leaves them null)
+        once the stats exist, the steps of a schedule that spans the phases of each system (--systems: the
+        system of each config), where a config leaves them null)
     python -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir DIR RUN_DIR/config.yaml SET...
         DIR if the run was trained on cached features (each set's must be there), else nothing
     python -m espnet_llm.bin.speech_llm_runs has_gates RUN_DIR/config.yaml             (prints true or false)
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 MISSING = object()
+GATED_MODELS = ("encoder_decoder", "hybrid")  # the models with cross-attention gates (stage 13 exports them)
 DATA_ENTRIES = ("text,text,text", "text_ner,text_ner,text", "utt2history,history,text")  # of <dumpdir>/raw/<set>
 
 
@@ -142,15 +144,17 @@ def steps_per_epoch(config: dict, path: str, stats: str, batch_bins: int) -> int
     return len(sampler) // int(config_value(config, path, "accum_grad", 1))
 
 
-def schedule_steps(runs: list[tuple[str, dict, str, int]]) -> dict[str, int]:
-    """runs: (config path, config, stats dir, batch_bins). For each architecture whose configs leave the
-    ``first_cycle_steps`` of their schedule null: the steps of all its phases, so that one warmup-and-decay spans
-    them (each phase continues the previous one's schedule). Nothing while any of their stats is missing."""
+def schedule_steps(runs: list[tuple[str, dict, str, int]], systems: list[str]) -> dict[str, int]:
+    """runs: (config path, config, stats dir, batch_bins), systems: the system of each. For each system whose
+    configs leave the ``first_cycle_steps`` of their schedule null: the steps of all its phases, so that one
+    warmup-and-decay spans them (each phase continues the previous one's schedule). Nothing while any of their
+    stats is missing. By system, not by model: two systems of one model (encoder_decoder with static and with
+    dynamic gates) train apart."""
     totals: dict[str, int] = {}
-    by_model: dict[str, list] = {}
-    for run in runs:
-        by_model.setdefault(run[1].get("model"), []).append(run)
-    for group in by_model.values():
+    by_system: dict[str, list] = {}
+    for run, system in zip(runs, systems):
+        by_system.setdefault(system, []).append(run)
+    for group in by_system.values():
         if not any("first_cycle_steps" in (config.get("scheduler_conf") or {})
                    and config["scheduler_conf"]["first_cycle_steps"] is None for _, config, _, _ in group):
             continue
@@ -165,6 +169,9 @@ def schedule_steps(runs: list[tuple[str, dict, str, int]]) -> dict[str, int]:
 
 def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
     """The fields of ``plan`` per config, in their order."""
+    systems = args.systems.split()
+    if len(systems) != len(configs):
+        raise ConfigError(f"--systems names {len(systems)} systems for {len(configs)} configs: one per config")
     dim = whisper_dim(args.feature_cache) if args.feature_cache else None
     runs, fields = [], []
     for path in configs:
@@ -181,7 +188,7 @@ def plan(configs: list[str], args: argparse.Namespace) -> list[str]:
                     for shape in ("speech_shape", "text_shape")]
         runs.append((path, config, stats, batch_bins))
         fields.append([stats, " ".join(opts), training])
-    totals = schedule_steps(runs)
+    totals = schedule_steps(runs, systems)
     for (path, *_), field in zip(runs, fields):
         total = totals.get(path)
         if total is not None:
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--dumpdir", required=True)
     plan_parser.add_argument("--train_set", required=True)
     plan_parser.add_argument("--valid_set", required=True)
+    plan_parser.add_argument("--systems", required=True, help="the system of each config, space-separated")
     plan_parser.add_argument("--feature_cache", metavar="MODEL_PATH", help="the runs train on this Whisper's features")
     plan_parser.add_argument("--feats_dir", help="the features: <feats_dir>/<set>/feats.scp")
     plan_parser.add_argument("configs", nargs="*")
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.question == "decode_features":
             print(decode_features(args.run_config, args.feats_dir, args.sets) or "")
         else:
-            print(shell_word(load(args.run_config).get("model") == "encoder_decoder"))
+            print(shell_word(load(args.run_config).get("model") in GATED_MODELS))
     except ConfigError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

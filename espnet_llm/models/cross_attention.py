@@ -4,6 +4,11 @@ Hand-written: transformers' GLM has no cross-attention. The output projection st
 untrained model is exactly the LLM, and the gate starts open (tanh(1) = 0.76): started the other way round
 (gate 0, random projection) AdamW grew the projection and left the gates near 0 (tanh 0.0001-0.025 after
 training on the mini corpus), and the model barely used the speech.
+
+The gate is one learned number per layer (``gate: static``, Flamingo's), or a function of each token's hidden
+state (``gate: dynamic``: Linear(hidden -> 1) on the normalised state, then tanh), so that a layer can let the
+speech in for some tokens and keep it out for others, as self-attention weighs its context per token. The dynamic
+gate starts with zero weights and the static gate's bias: every token starts with the static gate's value.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class SpeechMemory:
 class GatedCrossAttention(nn.Module):
     def __init__(
         self, hidden_size: int, memory_size: int, attention_size: int, num_heads: int, eps: float = 1e-5,
-        initial_gate: float = 1.0,
+        initial_gate: float = 1.0, gate: str = "static",
     ):
         super().__init__()
         if attention_size % num_heads:
@@ -50,7 +55,14 @@ class GatedCrossAttention(nn.Module):
         self.value = nn.Linear(memory_size, attention_size, bias=False)
         self.out = nn.Linear(attention_size, hidden_size, bias=False)
         nn.init.zeros_(self.out.weight)
-        self.gate = nn.Parameter(torch.full((1,), float(initial_gate)))
+        if gate == "static":
+            self.gate = nn.Parameter(torch.full((1,), float(initial_gate)))
+        elif gate == "dynamic":
+            self.gate_net = nn.Linear(hidden_size, 1)  # its output, before tanh, per token
+            nn.init.zeros_(self.gate_net.weight)
+            nn.init.constant_(self.gate_net.bias, float(initial_gate))
+        else:
+            raise ValueError(f"gate: {gate!r}, expected static or dynamic")
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, A) -> (B, heads, L, A / heads)"""
@@ -63,7 +75,8 @@ class GatedCrossAttention(nn.Module):
         self, hidden: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
-        q = self.heads(self.query(self.norm(hidden)))
+        normed = self.norm(hidden)
+        q = self.heads(self.query(normed))
         k, v = keys_values
         # a row without any frame (never passed in practice) would give NaN; let it see its padding instead
         mask = mask | ~mask.any(-1, keepdim=True)
@@ -72,7 +85,8 @@ class GatedCrossAttention(nn.Module):
         # In float32, and left so: added to a bf16 residual of RMS 1, a gated change of RMS 0.001 leaves most
         # elements unchanged. The residual stream stays float32 from here on; under autocast (training, bf16
         # decoding) the LLM's matmuls still run in bf16.
-        return hidden.float() + torch.tanh(self.gate.float()) * self.out(attended).float()
+        gate = self.gate_net(normed) if hasattr(self, "gate_net") else self.gate  # (B, L, 1) or (1,)
+        return hidden.float() + torch.tanh(gate.float()) * self.out(attended).float()
 
 
 class CrossAttendingDecoderLayer(nn.Module):

@@ -27,13 +27,15 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         attention_size: int | None = None,
         num_heads: int | None = None,
         initial_gate: float = 1.0,
+        gate: str = "static",
         **kwargs,
     ):
         """cross_attention_layers: LLM layer indices to give a cross-attention block (None: every layer).
 
         attention_size: width of the cross-attention (default: the speech memory's width);
         num_heads: its heads (default: attention_size / 64, Whisper's head size);
-        initial_gate: the gates' parameter before training (see GatedCrossAttention).
+        initial_gate: the gates' parameter before training (see GatedCrossAttention);
+        gate: static (one per layer) or dynamic (per token, from its hidden state; see GatedCrossAttention).
         """
         super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
         memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
@@ -46,7 +48,7 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         hidden = llm.hidden_size
         eps = llm.config.rms_norm_eps
         for i in chosen:
-            block = GatedCrossAttention(hidden, memory_size, attention_size, num_heads, eps, initial_gate)
+            block = GatedCrossAttention(hidden, memory_size, attention_size, num_heads, eps, initial_gate, gate)
             block.to(device=next(layers[i].parameters()).device)
             layers[i] = CrossAttendingDecoderLayer(layers[i], block, self.memory)
         self.cross_attention_layers = list(chosen)

@@ -8,7 +8,9 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
         train.log                              the trainer's log: "<N>epoch results: [train] ... [valid] ..."
         images/*.png                           ESPnet's own per-metric plots (linked, not redrawn)
         gate_values.json                       optional, cross-attention systems: {"gates": [g_1, ..., g_L]},
-                                               the per-layer gate values (the paper's Figure 2a)
+                                               the per-layer gate values (the paper's Figure 2a); "gate":
+                                               static, or dynamic (the mean over the validation set's current
+                                               utterances, with the run's K, "num_history")
         decode_<set>/                          decoding of data/<set>: text, text_ner
             score_cer/result.json, result.txt  espnet_llm.bin.score_cer
             score_ner/result.json, result.txt  espnet_llm.bin.score_ner
@@ -33,6 +35,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from espnet_llm.models.prompts import PROBLEM_KINDS
 from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult
@@ -261,6 +265,31 @@ def listening_table(runs: list[Run], stats_of: dict[str, dict]) -> str | None:
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def gates_table(runs: list[Run]) -> str | None:
+    """The per-layer gate values of each run with a gate_values.json, beside its history K: static gates are
+    the learned numbers, dynamic ones their mean over the validation set's current-utterance tokens."""
+    rows = []
+    for run in runs:
+        gate_file = run.path / "gate_values.json"
+        if gate_file.exists():
+            rows.append((run, json.loads(gate_file.read_text(encoding="utf-8"))))
+    if not rows:
+        return None
+    width = max(len(values["gates"]) for _, values in rows)
+    header = ["system", "phase", "gate", "K"] + [f"layer {i}" for i in range(1, width + 1)]
+    lines = ["|" + "|".join(header) + "|", "|---" * len(header) + "|"]
+    for run, values in rows:
+        k = values.get("num_history", run_config(run).get("num_history", "-"))
+        gates = [f"{g:+.3f}" for g in values["gates"]] + ["-"] * (width - len(values["gates"]))
+        lines.append("|" + "|".join([run.system, run.phase, values.get("gate", "static"), str(k), *gates]) + "|")
+    return "\n".join(lines)
+
+
+def run_config(run: Run) -> dict:
+    config = run.path / "config.yaml"
+    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}) if config.exists() else {}
+
+
 def repairs_table(runs: list[Run]) -> list[str]:
     """The parser's repairs of each speech LLM decoding, by kind, and what each kind found means; [] if none."""
     rows = [(run, s) for run in runs for s in _sorted_sets(run.repairs)]
@@ -355,6 +384,17 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             "none.",
             "",
             listening,
+            "",
+        ]
+    gates = gates_table(runs)
+    if gates:
+        doc += [
+            "## Gates",
+            "tanh(gate) of each LLM layer's cross-attention: the learned value of a static gate; for a dynamic gate "
+            "(a gate a token, from its hidden state) the mean over the positions that predict the validation set's "
+            "current-utterance tokens, with the run's history K.",
+            "",
+            gates,
             "",
         ]
     for run in runs:

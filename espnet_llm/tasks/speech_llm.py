@@ -1,6 +1,6 @@
 """The speech LLM task: ESPnet's AbsTask built from YAML, with ESPnet's trainer, iterators and collate.
 
-``conf/train_*.yaml`` chooses ``model`` (decoder_only | encoder_decoder), ``speech_encoder`` (whisper: audio
+``conf/train_*.yaml`` chooses ``model`` (decoder_only | encoder_decoder | hybrid: both at once), ``speech_encoder`` (whisper: audio
 through the frozen encoder; whisper_cached: its output dumped by espnet_llm.bin.dump_whisper_features, read as
 ``feats.scp,speech,kaldi_ark``),
 ``speech_adapter`` (frame_stack | none; ESPnet's own ``--adapter`` is its LoRA-for-encoders option), ``llm`` (chatglm3), each with its ``*_conf``, plus ``prompt_task``
@@ -28,6 +28,7 @@ from espnet_llm.llm.lora_llm import ChatGLM3LLM
 from espnet_llm.models.adapter import FrameStackAdapter
 from espnet_llm.models.decoder_only import DecoderOnlySpeechLLM
 from espnet_llm.models.encoder_decoder import EncoderDecoderSpeechLLM
+from espnet_llm.models.hybrid import HybridSpeechLLM
 from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
@@ -38,7 +39,7 @@ from espnet_llm.tasks.speech_loader import FaultTolerantLoader
 
 model_choices = ClassChoices(
     "model",
-    classes=dict(decoder_only=DecoderOnlySpeechLLM, encoder_decoder=EncoderDecoderSpeechLLM),
+    classes=dict(decoder_only=DecoderOnlySpeechLLM, encoder_decoder=EncoderDecoderSpeechLLM, hybrid=HybridSpeechLLM),
     type_check=AbsESPnetModel,
     default="decoder_only",
 )

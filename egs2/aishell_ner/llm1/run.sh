@@ -283,7 +283,7 @@ read_llm_plan() {
     local plan
     # shellcheck disable=SC2086
     plan=$(${python} -m espnet_llm.bin.speech_llm_runs plan --expdir "${expdir}" --fs "${fs}" --dumpdir "${dumpdir}" \
-        --train_set "${train_set}" --valid_set "${valid_set}" \
+        --train_set "${train_set}" --valid_set "${valid_set}" --systems "${llm_runs[*]%% *}" \
         ${whisper_model:+--feature_cache "${whisper_model}" --feats_dir "${feats_dir}"} "${llm_configs[@]}")
     mapfile -t llm_plan <<<"${plan}"
 }
@@ -502,8 +502,10 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
         # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
         local/score.sh data "${_dir}" "${test_sets}"
         if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
+            # static gates from the checkpoint; dynamic ones (a gate a token) measured on the validation set
             ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
-                --output "${_dir}/gate_values.json"
+                --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
+                --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
         fi
     done
     log "Stage 13: RESULTS.md, and the ${valid_set} CER of each run"
