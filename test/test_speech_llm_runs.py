@@ -76,6 +76,11 @@ def test_one_schedule_spans_the_phases_of_an_architecture(tmp_path, capsys):
     assert training[0].endswith("--scheduler_conf first_cycle_steps=14")
     assert training[1].endswith("--scheduler_conf first_cycle_steps=14")
     assert "first_cycle_steps" not in training[2]  # its config sets its own schedule
+    # a history sweep's chain: short (6 steps) and its own long (30 utterances: 6 batches, 2 epochs)
+    stats("asr_long_history0_chatglm3", 30)
+    assert speech_llm_runs.main(args + [f"decoder_only long_k0 {long} 0 short"]) == 0
+    training = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
+    assert training[0].endswith("first_cycle_steps=14") and training[3].endswith("first_cycle_steps=18")
 
 
 def test_a_missing_whisper_is_named(tmp_path):

@@ -20,6 +20,7 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
     python -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir DIR RUN_DIR/config.yaml SET...
         DIR if the run was trained on cached features (each set's must be there), else nothing
     python -m espnet_llm.bin.speech_llm_runs has_gates RUN_DIR/config.yaml             (prints true or false)
+    python -m espnet_llm.bin.speech_llm_runs model RUN_DIR/config.yaml                 (prints its model choice)
 """
 from __future__ import annotations
 
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     decode_parser.add_argument("run_config")
     decode_parser.add_argument("sets", nargs="+")
     questions.add_parser("has_gates").add_argument("run_config")
+    questions.add_parser("model").add_argument("run_config")
     args = parser.parse_args(argv)
     try:
         if args.question == "whisper":
@@ -346,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(plan([Run.parse(line) for line in args.runs], args)))
         elif args.question == "decode_features":
             print(decode_features(args.run_config, args.feats_dir, args.sets) or "")
+        elif args.question == "model":
+            print(load(args.run_config).get("model", ""))
         else:
             print(shell_word(load(args.run_config).get("model") == "encoder_decoder"))
     except ConfigError as error:

@@ -101,7 +101,8 @@ Stages:
      on the CPU the systems train side by side, each in its own lane
   12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
   13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
-     systems, and RESULTS.md with plots
+     systems, the decoder-only runs' attention share on speech per layer (on the valid set), and RESULTS.md
+     with plots (a history sweep's table and plot against K among them)
 
 Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run per phase
 (<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml, and with
@@ -527,6 +528,15 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
         if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
             ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
                 --output "${_dir}/gate_values.json"
+        fi
+        if [ "${system}" != conformer ] \
+                && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
+            # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
+            _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
+                "${_dir}/config.yaml" "${valid_set}")
+            ${python} -m espnet_llm.bin.speech_attention --train_config "${_dir}/config.yaml" \
+                --model_file "${_dir}/${inference_model}" --data_dir "${dumpdir}/raw/${valid_set}" \
+                ${_feats:+--feats_dir "${_feats}/${valid_set}"} --output "${_dir}/speech_attention.json"
         fi
     done
     log "Stage 13: RESULTS.md, and the ${valid_set} CER of each run"
