@@ -19,7 +19,7 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
 
 A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
 phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
-short, long, cot, then by name; sets dev, test, then by name. The runs of a history sweep (run.sh
+short, long, cot, then by name, then a history sweep's runs by phase and K; sets dev, test, then by name. The runs of a history sweep (run.sh
 --history_sweep: ``long_k<K>``, ``cot_k<K>``) have a table and a plot against K of their own.
 Plots go to ``<RESULTS.md's directory>/results_images/``.
 """
@@ -68,6 +68,14 @@ def _order(name: str, first: tuple[str, ...]) -> tuple[int, str]:
     return (first.index(name) if name in first else len(first), name)
 
 
+def _phase_order(phase: str) -> tuple:
+    """short, long, cot, other phases by name, then a history sweep's runs by phase and K."""
+    sweep = SWEEP_RUN.match(phase)
+    if sweep:
+        return (1, _order(sweep.group(1), PHASE_ORDER), int(sweep.group(2)))
+    return (0, _order(phase, PHASE_ORDER), 0)
+
+
 def find_runs(expdir: Path) -> list[Run]:
     runs: dict[Path, Run] = {}
     for score_json in sorted(expdir.glob("**/decode_*/score_*/result.json")):
@@ -89,7 +97,7 @@ def find_runs(expdir: Path) -> list[Run]:
             run.cer[data_set] = CerResult.from_json(data)
         elif score_json.parent.name == "score_ner":
             run.ner[data_set] = data
-    return sorted(runs.values(), key=lambda r: (r.system, _order(r.phase, PHASE_ORDER)))
+    return sorted(runs.values(), key=lambda r: (r.system, _phase_order(r.phase)))
 
 
 def read_parse_repairs(decode_dir: Path) -> dict | None:
@@ -188,9 +196,8 @@ def _pyplot():
 
 
 def sweep_points(runs: list[Run]) -> list[tuple[Run, str, int]]:
-    """(run, phase, K) of every history-sweep run, by system, phase and K."""
-    points = [(run, m.group(1), int(m.group(2))) for run in runs if (m := SWEEP_RUN.match(run.phase))]
-    return sorted(points, key=lambda p: (p[0].system, _order(p[1], PHASE_ORDER), p[2]))
+    """(run, phase, K) of every history-sweep run (``find_runs`` orders them by system, phase and K)."""
+    return [(run, m.group(1), int(m.group(2))) for run in runs if (m := SWEEP_RUN.match(run.phase))]
 
 
 def _f1(run: Run, dset: str) -> float | None:
