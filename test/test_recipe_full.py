@@ -86,6 +86,11 @@ def test_run_sh_writes_results_md_with_every_table_filled(full_run):
         assert gates["layers"] == list(range(num_layers))  # a cross-attention block before every layer
         assert any(abs(g - math.tanh(1.0)) > 1e-4 for g in gates["gates"])  # trained: they start at tanh(1)
         assert (recipe / "results_images" / f"encoder_decoder_{phase}_gates.png").exists()
+        # Figure 2b: stage 13 measures each decoder-only run's attention share on speech, a value per layer
+        share = json.loads((recipe / "exp" / "decoder_only" / phase / "speech_attention.json").read_text())
+        assert share["layers"] == list(range(num_layers)) and all(0 < s < 1 for s in share["share"])
+    for png in ("gates_all_runs.png", "speech_attention.png"):  # Figure 2a (every run, one plot) and 2b
+        assert f"(results_images/{png})" in results and (recipe / "results_images" / png).exists()
     # stage 13 prints the dev CER of every run
     for name in RUNS:
         assert re.search(rf"^\s+{re.escape(name)}\s+dev CER\s+\d+\.\d %$", output, re.M), name

@@ -287,3 +287,39 @@ def test_results_without_scores_is_an_error(tmp_path):
     (tmp_path / "exp").mkdir()
     with pytest.raises(FileNotFoundError, match="no decode_<set>"):
         write_results(tmp_path / "exp", tmp_path / "RESULTS.md")
+
+
+def test_results_md_has_the_history_sweep_and_figure_2(tmp_path, cer_case):
+    ref, hyp = cer_case
+    refs_ner = write_lines(tmp_path / "ref_ner", ["u1 [张三]说", "u2 (北京)"])
+    exp = tmp_path / "exp"
+    hyps_ner = {"cot_k0": ["u1 张三说", "u2 北京"], "cot_k3": ["u1 [张三]说", "u2 (北京)"]}  # F1 0 and 100
+    for phase in ("long", "long_k3", "long_k0", "cot_k3", "cot_k0"):
+        decode = exp / "decoder_only" / phase / "decode_dev"
+        score_cer(ref, hyp, decode / "score_cer", backend="fallback")
+        if phase in hyps_ner:
+            score_ner(refs_ner, write_lines(tmp_path / "hyp_ner", hyps_ner[phase]), decode / "score_ner")
+    for phase, k, share in (("long_k0", 0, [0.5, 0.25]), ("long_k3", 3, [0.75, 0.125])):
+        (exp / "decoder_only" / phase / "speech_attention.json").write_text(json.dumps(
+            {"set": "dev", "num_history": k, "layers": [0, 1], "share": share, "tokens": 9, "utterances": 2}))
+    for phase, gates in (("short", [0.79, 0.74]), ("cot", [0.8, 0.72])):
+        score_cer(ref, hyp, exp / "encoder_decoder" / phase / "decode_dev" / "score_cer", backend="fallback")
+        (exp / "encoder_decoder" / phase / "gate_values.json").write_text(json.dumps({"layers": [0, 1], "gates": gates}))
+    write_results(exp, tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+
+    sweep = text[text.index("## History sweep"):text.index("## Gate values")]
+    rows = [line for line in sweep.splitlines() if line.startswith("|decoder_only")]
+    assert rows == ["|decoder_only|long|0|41.2|-|", "|decoder_only|long|3|41.2|-|",  # by phase, then K; the
+                    "|decoder_only|cot|0|41.2|0.0|", "|decoder_only|cot|3|41.2|100.0|"]  # main long is no K
+    gates = text[text.index("## Gate values"):text.index("## Attention on speech")]
+    assert "|encoder_decoder/short|0.790|0.740|" in gates and "|encoder_decoder/cot|0.800|0.720|" in gates
+    attention = text[text.index("## Attention on speech"):text.index("## decoder_only/long\n")]
+    assert [line for line in attention.splitlines() if line.startswith("|decoder_only")] == [
+        "|decoder_only/long_k0 (K=0, dev)|0.500|0.250|", "|decoder_only/long_k3 (K=3, dev)|0.750|0.125|"]
+    sections = [line for line in text.splitlines() if line.startswith("## decoder_only/")]
+    assert sections == ["## decoder_only/long", "## decoder_only/long_k0", "## decoder_only/long_k3",
+                        "## decoder_only/cot_k0", "## decoder_only/cot_k3"]
+    for png in ("history_sweep.png", "gates_all_runs.png", "speech_attention.png"):
+        assert f"(results_images/{png})" in text
+        assert (tmp_path / "results_images" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

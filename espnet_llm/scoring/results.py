@@ -11,6 +11,8 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
                                                the per-layer gate values (the paper's Figure 2a); "gate":
                                                static, or dynamic (the mean over the validation set's current
                                                utterances, with the run's K, "num_history")
+        speech_attention.json                  optional, decoder-only systems: {"num_history": K, "share": [...]},
+                                               the per-layer attention share on speech (Figure 2b)
         decode_<set>/                          decoding of data/<set>: text, text_ner
             score_cer/result.json, result.txt  espnet_llm.bin.score_cer
             score_ner/result.json, result.txt  espnet_llm.bin.score_ner
@@ -19,7 +21,8 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
 
 A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
 phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
-short, long, cot, then by name; sets dev, test, then by name.
+short, long, cot, then by name, then a history sweep's runs by phase and K; sets dev, test, then by name. The runs of a history sweep (run.sh
+--history_sweep: ``long_k<K>``, ``cot_k<K>``) have a table and a plot against K of their own.
 Plots go to ``<RESULTS.md's directory>/results_images/``.
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from espnet_llm.scoring.ner import error_table, prf_table
 log = logging.getLogger(__name__)
 
 PHASE_ORDER = ("short", "long", "cot")
+SWEEP_RUN = re.compile(r"^(long|cot)_k(\d+)$")  # a history sweep's run: its phase and K
 SET_ORDER = ("dev", "test")
 PLOT_DIR_NAME = "results_images"
 
@@ -68,6 +72,14 @@ def _order(name: str, first: tuple[str, ...]) -> tuple[int, str]:
     return (first.index(name) if name in first else len(first), name)
 
 
+def _phase_order(phase: str) -> tuple:
+    """short, long, cot, other phases by name, then a history sweep's runs by phase and K."""
+    sweep = SWEEP_RUN.match(phase)
+    if sweep:
+        return (1, _order(sweep.group(1), PHASE_ORDER), int(sweep.group(2)))
+    return (0, _order(phase, PHASE_ORDER), 0)
+
+
 def find_runs(expdir: Path) -> list[Run]:
     runs: dict[Path, Run] = {}
     for score_json in sorted(expdir.glob("**/decode_*/score_*/result.json")):
@@ -89,7 +101,7 @@ def find_runs(expdir: Path) -> list[Run]:
             run.cer[data_set] = CerResult.from_json(data)
         elif score_json.parent.name == "score_ner":
             run.ner[data_set] = data
-    return sorted(runs.values(), key=lambda r: (r.system, _order(r.phase, PHASE_ORDER)))
+    return sorted(runs.values(), key=lambda r: (r.system, _phase_order(r.phase)))
 
 
 def read_parse_repairs(decode_dir: Path) -> dict | None:
@@ -178,6 +190,118 @@ def plot_gate_values(run: Run, gates: list[float], out_png: Path) -> None:
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def sweep_points(runs: list[Run]) -> list[tuple[Run, str, int]]:
+    """(run, phase, K) of every history-sweep run (``find_runs`` orders them by system, phase and K)."""
+    return [(run, m.group(1), int(m.group(2))) for run in runs if (m := SWEEP_RUN.match(run.phase))]
+
+
+def _f1(run: Run, dset: str) -> float | None:
+    return 100 * run.ner[dset]["micro"]["f1"] if dset in run.ner else None
+
+
+def sweep_table(points: list[tuple[Run, str, int]]) -> str:
+    sets = _sorted_sets(s for run, _, _ in points for s in run.cer)
+    lines = ["|system|phase|K|" + "".join(f"{s} CER|" for s in sets) + "".join(f"{s} NER F1|" for s in sets),
+             "|---" * (3 + 2 * len(sets)) + "|"]
+    for run, phase, k in points:
+        cells = [f"{run.cer[s].counts.error_rate:.1f}" if s in run.cer else "-" for s in sets]
+        cells += [f"{_f1(run, s):.1f}" if _f1(run, s) is not None else "-" for s in sets]
+        lines.append("|" + "|".join([run.system, phase, str(k), *cells]) + "|")
+    return "\n".join(lines)
+
+
+def plot_sweep(points: list[tuple[Run, str, int]], out_png: Path) -> None:
+    """CER (each system and swept phase) and CoT NER F1 (each system) against K, a line per set."""
+    plt = _pyplot()
+    fig, (cer_ax, f1_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    sets = _sorted_sets(s for run, _, _ in points for s in run.cer)
+    for (system, phase) in dict.fromkeys((run.system, phase) for run, phase, _ in points):
+        line = [(k, run) for run, p, k in points if (run.system, p) == (system, phase)]
+        for dset, style in zip(sets, ("-o", "--s", ":^")):
+            cer = [(k, run.cer[dset].counts.error_rate) for k, run in line if dset in run.cer]
+            if cer:
+                cer_ax.plot(*zip(*cer), style, label=f"{system}/{phase} {dset}")
+            f1 = [(k, _f1(run, dset)) for k, run in line if _f1(run, dset) is not None]
+            if f1:
+                f1_ax.plot(*zip(*f1), style, label=f"{system}/{phase} {dset}")
+    cer_ax.set(title="CER against history", xlabel="K (history utterances)", ylabel="CER (%)")
+    f1_ax.set(title="NER F1 against history", xlabel="K (history utterances)", ylabel="micro F1 (%)")
+    for ax in (cer_ax, f1_ax):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def plot_layer_lines(series: dict[str, tuple[list[int], list[float]]], title: str, ylabel: str,
+                     out_png: Path) -> None:
+    """One line per run (label -> (LLM layers, values)) against the layer: the Figure 2 plots."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (layers, values) in series.items():
+        ax.plot(layers, values, "-o", label=label)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set(title=title, xlabel="LLM layer", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def layer_table(rows: dict[str, tuple[list[int], list[float]]], first: str) -> str:
+    """| <first> | layer i | ...: a row per run."""
+    layers = sorted({i for layer_list, _ in rows.values() for i in layer_list})
+    lines = [f"|{first}|" + "".join(f"layer {i}|" for i in layers), "|---" * (1 + len(layers)) + "|"]
+    for label, (layer_list, values) in rows.items():
+        by_layer = dict(zip(layer_list, values))
+        lines.append(f"|{label}|" + "".join(f"{by_layer[i]:.3f}|" if i in by_layer else "-|" for i in layers))
+    return "\n".join(lines)
+
+
+def figure2(runs: list[Run], out: Path, plot_dir: Path) -> list[str]:
+    """RESULTS.md's Figure 2 section: (a) the gate values of every run that has them, (b) the decoder-only runs'
+    attention share on speech, each a table and one plot."""
+    doc = []
+    gates, shares = {}, {}
+    for run in runs:
+        if (run.path / "gate_values.json").exists():
+            data = json.loads((run.path / "gate_values.json").read_text(encoding="utf-8"))
+            gates[run.name] = (data.get("layers", list(range(len(data["gates"])))), data["gates"])
+        if (run.path / "speech_attention.json").exists():
+            data = json.loads((run.path / "speech_attention.json").read_text(encoding="utf-8"))
+            shares[f"{run.name} (K={data['num_history']}, {data['set']})"] = (data["layers"], data["share"])
+    if gates:
+        png = plot_dir / "gates_all_runs.png"
+        plot_layer_lines(gates, "cross-attention gate per LLM layer, every run", "tanh(gate)", png)
+        doc += ["## Gate values (Figure 2a)",
+                "tanh(gate) of each layer's gated cross-attention, every run that has one (`gate_values.json`).",
+                "", layer_table(gates, "run"), "", f"![gate values of every run]({os.path.relpath(png, out.parent)})",
+                ""]
+    if shares:
+        png = plot_dir / "speech_attention.png"
+        plot_layer_lines(shares, "attention of the current utterance's tokens on speech", "share of attention", png)
+        doc += ["## Attention on speech (Figure 2b)",
+                "Decoder-only runs, teacher-forced on the set named: per LLM layer, the attention mass that the "
+                "current utterance's answer tokens put on the prompt's speech embeddings (history segments "
+                "included), averaged over heads and tokens (`speech_attention.json`).",
+                "", layer_table(shares, "run"), "", f"![attention share on speech]({os.path.relpath(png, out.parent)})",
+                ""]
+    return doc
 
 
 def _run_command(cmd: list[str], cwd: Path) -> str | None:
@@ -397,6 +521,21 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             gates,
             "",
         ]
+    points = sweep_points(runs)
+    if points:
+        png = plot_dir / "history_sweep.png"
+        plot_sweep(points, png)
+        doc += [
+            "## History sweep",
+            "The long and CoT phases trained again with K history utterances (run.sh --history_sweep; each from the "
+            "short phase, CoT from the long run of its K): CER in %, NER micro F1 in %.",
+            "",
+            sweep_table(points),
+            "",
+            f"![CER and NER F1 against K]({os.path.relpath(png, out.parent)})",
+            "",
+        ]
+    doc += figure2(runs, out, plot_dir)
     for run in runs:
         doc += [f"## {run.name}", f"- exp dir: `{os.path.relpath(run.path, out.parent)}`"]
         config = run.path / "config.yaml"

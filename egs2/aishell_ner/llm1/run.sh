@@ -53,6 +53,9 @@ llm_phases="short long cot"  # the speech LLMs' phases to run; each starts from 
                              # in short -> long -> cot (short from the pretrained models), trained now or before
 model_size=           # tiny: conf/tiny/ (Whisper base and a tiny random ChatGLM3, made in stage 5); full: conf/
                       # (Whisper-large-v2, ChatGLM3-6B); empty: tiny on the mini corpus, full on AISHELL-1
+history_sweep=        # e.g. "0 1 2 3 4": the speech LLMs' long and cot phases (of --llm_phases) once more for each
+                      # K history utterances, as runs <system>/long_k<K> (from short) and cot_k<K> (from long_k<K>);
+                      # the data's history must hold the largest K (--history_k); empty: no sweep
 
 # Whisper features (stage 6)
 use_feature_cache=true  # the speech LLMs' Whisper encoder is frozen: stage 6 computes its output once
@@ -98,10 +101,12 @@ Stages:
      on the CPU the systems train side by side, each in its own lane
   12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
   13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
-     systems, and RESULTS.md with plots
+     systems, the decoder-only runs' attention share on speech per layer (on the valid set), and RESULTS.md
+     with plots (a history sweep's table and plot against K among them)
 
 Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run per phase
-(<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml.
+(<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml, and with
+--history_sweep one more per swept phase and K (<system>/long_k<K>, <system>/cot_k<K>: num_history K).
 
 Options: the variables at the top of $0, each with its default and meaning, as --name value
 (--foo_bar and --foo-bar are the same; --config <file> reads name=value lines; every value is checked
@@ -117,9 +122,9 @@ if [ $# -gt 0 ]; then
     exit 1
 fi
 
-# The stages and the phases a speech LLM phase starts from (short: none, it starts from the pretrained models).
+# The stages, and the speech LLMs' phases (the run each starts from: espnet_llm.bin.speech_llm_runs runs).
 all_stages="1 2 3 4 5 6 10 11 12 13"
-declare -A previous_phase=([short]="" [long]=short [cot]=long)
+all_llm_phases="short long cot"
 
 if [ -z "${model_size}" ]; then
     if [ -n "${aishell_root}" ]; then model_size=full; else model_size=tiny; fi
@@ -143,6 +148,9 @@ check_options() {
     bad() { log "Error: --$1 '${!1}': ${*:2}"; exit 1; }
     for opt in stage stop_stage history_k; do
         [[ ${!opt} =~ ^[0-9]+$ ]] || bad "${opt}" "must be a whole number"
+    done
+    for value in ${history_sweep}; do
+        [[ ${value} =~ ^[0-9]+$ ]] || bad history_sweep "must be whole numbers of history utterances, e.g. \"0 1 2 3 4\""
     done
     for opt in nj num_nodes fs inference_nj; do
         [[ ${!opt} =~ ^[1-9][0-9]*$ ]] || bad "${opt}" "must be a whole number of at least 1"
@@ -172,7 +180,7 @@ check_options() {
     done
     [ -n "${systems}" ] || bad systems "must name at least one system"
     for phase in ${llm_phases}; do
-        [ -n "${previous_phase[${phase}]+set}" ] || bad llm_phases "must be phases among: short long cot"
+        [[ " ${all_llm_phases} " == *" ${phase} "* ]] || bad llm_phases "must be phases among: ${all_llm_phases}"
     done
     for opt in train_config inference_config; do
         [ -z "${!opt}" ] || [ -f "${!opt}" ] || bad "${opt}" "is not a file"
@@ -245,8 +253,10 @@ make_history() {
     ${python} -m espnet_llm.data_prep.history "$1" --k "${history_k}"
 }
 
-# The training runs, in order, one "<system> <phase> <training config>" line each: the Conformer baseline
-# (local/conformer.sh) is conformer/asr, the speech LLMs' runs are llm_runs, their configs llm_configs.
+# The training runs, in order, one "<system> <run> <training config> ..." line each: the Conformer baseline
+# (local/conformer.sh) is conformer/asr; the speech LLMs' runs are llm_runs, "<system> <run> <config>
+# <num_history: - for the config's> <the run it starts from, or ->" (espnet_llm.bin.speech_llm_runs runs: one
+# per phase, and the history sweep's), their configs llm_configs.
 runs=()
 llm_runs=()
 llm_configs=()
@@ -257,15 +267,32 @@ for system in ${systems}; do
         runs+=("conformer asr ${conformer_config}")
         continue
     fi
-    for phase in ${llm_phases}; do
-        runs+=("${system} ${phase} ${train_config:-${conf_dir}/train_${system}_${phase}.yaml}")
-        llm_runs+=("${runs[-1]}")
-        llm_configs+=("${runs[-1]##* }")
+    _runs=$(${python} -m espnet_llm.bin.speech_llm_runs runs --conf_dir "${conf_dir}" --phases "${llm_phases}" \
+        --train_config "${train_config}" --history_sweep "${history_sweep}" "${system}")
+    mapfile -t _runs <<<"${_runs}"
+    for run in "${_runs[@]}"; do
+        read -r _ _ config _ <<<"${run}"
+        runs+=("${run}")
+        llm_runs+=("${run}")
+        [[ " ${llm_configs[*]} " == *" ${config} "* ]] || llm_configs+=("${config}")
     done
 done
 if [ -n "${train_config}" ] && [ "${#runs[@]}" -gt 1 ]; then
     log "Error: --train_config is for one run; select it with --systems and --llm_phases (selected: ${#runs[@]} runs)"
     exit 1
+fi
+# The history the runs read must be in the data: the data stages write --history_k utterances; after them, the
+# dumped utt2history holds what it holds.
+if [ "${#llm_runs[@]}" -gt 0 ] && [ "${stage}" -le 12 ]; then
+    if [ "${stage}" -le 4 ]; then
+        _history="--history_k ${history_k}"
+    else
+        _history="$(for dset in $(data_sets); do
+            [ "${dset}" = "${train_set}" ] && [ -n "${speed_perturb_factors}" ] && dset=${dset}_sp
+            echo "--utt2history ${dumpdir}/raw/${dset}/utt2history"; done)"
+    fi
+    # shellcheck disable=SC2086
+    ${python} -m espnet_llm.bin.speech_llm_runs history_check ${_history} "${llm_runs[@]}"
 fi
 
 # The Whisper features of stage 6: with --use_feature_cache true, the speech LLMs train and decode on
@@ -283,8 +310,8 @@ read_llm_plan() {
     local plan
     # shellcheck disable=SC2086
     plan=$(${python} -m espnet_llm.bin.speech_llm_runs plan --expdir "${expdir}" --fs "${fs}" --dumpdir "${dumpdir}" \
-        --train_set "${train_set}" --valid_set "${valid_set}" --systems "${llm_runs[*]%% *}" \
-        ${whisper_model:+--feature_cache "${whisper_model}" --feats_dir "${feats_dir}"} "${llm_configs[@]}")
+        --train_set "${train_set}" --valid_set "${valid_set}" \
+        ${whisper_model:+--feature_cache "${whisper_model}" --feats_dir "${feats_dir}"} "${llm_runs[@]}")
     mapfile -t llm_plan <<<"${plan}"
 }
 
@@ -437,7 +464,7 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     [ -n "${conformer_config}" ] && conformer 10
     _collected=" "
     for i in "${!llm_runs[@]}"; do
-        read -r system phase config <<<"${llm_runs[i]}"
+        read -r system phase config _ <<<"${llm_runs[i]}"
         IFS=$'\t' read -r _stats_dir _opts _ <<<"${llm_plan[i]}"
         if [[ ${_collected} == *" ${_stats_dir} "* ]]; then
             log "Stage 10: ${system}/${phase} shares ${_stats_dir}"
@@ -469,7 +496,7 @@ fi
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
     [ -n "${conformer_config}" ] && conformer 12
     for run in "${llm_runs[@]}"; do
-        read -r system phase config <<<"${run}"
+        read -r system phase config _ <<<"${run}"
         _dir=${expdir}/${system}/${phase}
         _config=${inference_config:-${conf_dir}/decode_speech_llm.yaml}
         if [ ! -f "${_dir}/${inference_model}" ]; then
@@ -497,7 +524,7 @@ fi
 
 if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
     for run in "${runs[@]}"; do
-        read -r system phase config <<<"${run}"
+        read -r system phase config _ <<<"${run}"
         _dir=${expdir}/${system}/${phase}
         # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
         local/score.sh data "${_dir}" "${test_sets}"
@@ -506,6 +533,15 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
             ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
                 --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
                 --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
+        fi
+        if [ "${system}" != conformer ] \
+                && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
+            # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
+            _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
+                "${_dir}/config.yaml" "${valid_set}")
+            ${python} -m espnet_llm.bin.speech_attention --train_config "${_dir}/config.yaml" \
+                --model_file "${_dir}/${inference_model}" --data_dir "${dumpdir}/raw/${valid_set}" \
+                ${_feats:+--feats_dir "${_feats}/${valid_set}"} --output "${_dir}/speech_attention.json"
         fi
     done
     log "Stage 13: RESULTS.md, and the ${valid_set} CER of each run"

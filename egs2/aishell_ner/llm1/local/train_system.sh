@@ -1,6 +1,6 @@
 # Stage 11's training of one system, sourced by run.sh (whose settings it reads) before local/train_lanes.sh:
-# train_system <system> <threads>: the runs of one system in order, each LLM phase from the last one's model,
-# with its optimiser and LR schedule continued; the Conformer's through local/conformer.sh.
+# train_system <system> <threads>: the runs of one system in order, each LLM run from the model of the run
+# its line names (llm_runs), with its optimiser and LR schedule continued; the Conformer's through local/conformer.sh.
 train_system() {
     local system=$1 threads=$2 i _system phase config dir opts shapes from previous input=audio
     if [ "${system}" = conformer ]; then
@@ -9,7 +9,7 @@ train_system() {
     fi
     [ -n "${whisper_model}" ] && input="cached Whisper features of ${feats_dir}"
     for i in "${!llm_runs[@]}"; do
-        read -r _system phase config <<<"${llm_runs[i]}"
+        read -r _system phase config _ previous <<<"${llm_runs[i]}"
         [ "${_system}" = "${system}" ] || continue
         dir=${expdir}/${system}/${phase}
         IFS=$'\t' read -r _ opts shapes <<<"${llm_plan[i]}"
@@ -17,7 +17,7 @@ train_system() {
         from=
         if "${dry_run}"; then
             opts+=" --dry_run true"
-        elif previous=${previous_phase[${phase}]} && [ -n "${previous}" ]; then
+        elif [ "${previous}" != - ]; then
             from=${expdir}/${system}/${previous}/${inference_model}
             if [ ! -f "${from}" ]; then
                 log "Error: ${system}/${phase} starts from ${from}, which does not exist: train the previous phase first"
