@@ -36,7 +36,7 @@ def recipe_copy(root: Path, tiny_models: Path) -> Path:
 
 
 def make_set(recipe: Path) -> list[str]:
-    """dump/raw/train as stage 4 writes it: five 16-kHz utterances, one of them an unreadable file."""
+    """dump/raw/train as stage 4 writes it: five 16-kHz utterances, one of them an unreadable file, and their history."""
     data = recipe / "dump" / "raw" / "train"
     (data / "audio").mkdir(parents=True)
     wav, lengths, uids = [], [], []
@@ -54,6 +54,9 @@ def make_set(recipe: Path) -> list[str]:
         uids.append(uid)
     (data / "wav.scp").write_text("".join(wav))
     (data / "utt2num_samples").write_text("".join(lengths))
+    # each utterance's previous ones (K = 3), as the data stages write them: run.sh checks it holds the runs' history
+    (data / "utt2history").write_text("".join(f"{u} {' '.join(uids[max(0, i - 3):i])}".rstrip() + "\n"
+                                              for i, u in enumerate(uids)))
     return uids
 
 

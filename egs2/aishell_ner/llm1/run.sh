@@ -281,9 +281,9 @@ if [ -n "${train_config}" ] && [ "${#runs[@]}" -gt 1 ]; then
     log "Error: --train_config is for one run; select it with --systems and --llm_phases (selected: ${#runs[@]} runs)"
     exit 1
 fi
-# The history the runs read must be in the data: the data stages write --history_k utterances; after them, the
-# dumped utt2history holds what it holds.
-if [ "${#llm_runs[@]}" -gt 0 ] && [ "${stage}" -le 12 ]; then
+# The history the runs read (stages 10-12) must be in the data: the data stages write --history_k utterances;
+# after them, the dumped utt2history holds what it holds.
+if [ "${#llm_runs[@]}" -gt 0 ] && [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 10 ]; then
     if [ "${stage}" -le 4 ]; then
         _history="--history_k ${history_k}"
     else
@@ -534,7 +534,7 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
                 --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
                 --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
         fi
-        if [ "${system}" != conformer ] \
+        if [ "${system}" != conformer ] && [ -f "${_dir}/${inference_model}" ] \
                 && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
             # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
             _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
