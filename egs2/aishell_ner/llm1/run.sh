@@ -282,8 +282,10 @@ if [ -n "${train_config}" ] && [ "${#runs[@]}" -gt 1 ]; then
     exit 1
 fi
 # The history the runs read (stages 10-12) must be in the data: the data stages write --history_k utterances;
-# after them, the dumped utt2history holds what it holds (read only when a stage that uses it runs).
-if [ "${#llm_runs[@]}" -gt 0 ] && [ "${stage}" -le 12 ] && { [ "${stage}" -le 4 ] || [ "${stop_stage}" -ge 10 ]; }; then
+# after them, the dumped utt2history holds what it holds (read only when a stage that uses it runs; a dry run reads
+# the configs alone).
+if [ "${#llm_runs[@]}" -gt 0 ] && [ "${stage}" -le 12 ] && ! "${dry_run}" \
+        && { [ "${stage}" -le 4 ] || [ "${stop_stage}" -ge 10 ]; }; then
     if [ "${stage}" -le 4 ]; then
         _history="--history_k ${history_k}"
     else
