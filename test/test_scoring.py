@@ -230,8 +230,8 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
     assert "|omitted entity|0|1|0|1|" in text  # decoder_only/cot: u2 missing, so 北京 omitted
     assert "|omitted entity|1|0|0|1|" in text  # decoder_only/short: 张三 not marked
     assert "Input problems: 1 missing hypotheses" in text
-    gates = text[text.index("## Gates"):text.index("## conformer")]  # K from the gate file, or the run's config
-    assert "|system|phase|gate|K|layer 1|layer 2|layer 3|" in gates
+    gates = text[text.index("## Gate values"):text.index("## conformer")]  # K from the gate file, or the run's config
+    assert "|system|phase|gate|K|layer 0|layer 1|layer 2|" in gates
     assert "|decoder_only|short|dynamic|0|+0.700|+0.200|-|" in gates and "|decoder_only|cot|static|2|+0.100|-0.300|+0.500|" in gates
     for png in ("decoder_only_short_curves.png", "decoder_only_cot_gates.png"):
         assert f"(results_images/{png})" in text
@@ -313,7 +313,8 @@ def test_results_md_has_the_history_sweep_and_figure_2(tmp_path, cer_case):
     assert rows == ["|decoder_only|long|0|41.2|-|", "|decoder_only|long|3|41.2|-|",  # by phase, then K; the
                     "|decoder_only|cot|0|41.2|0.0|", "|decoder_only|cot|3|41.2|100.0|"]  # main long is no K
     gates = text[text.index("## Gate values"):text.index("## Attention on speech")]
-    assert "|encoder_decoder/short|0.790|0.740|" in gates and "|encoder_decoder/cot|0.800|0.720|" in gates
+    assert "|encoder_decoder|short|static|-|+0.790|+0.740|" in gates and "|encoder_decoder|cot|static|-|+0.800|+0.720|" in gates
+    assert gates.count("|encoder_decoder|") == 2  # one table of the gates
     attention = text[text.index("## Attention on speech"):text.index("## decoder_only/long\n")]
     assert [line for line in attention.splitlines() if line.startswith("|decoder_only")] == [
         "|decoder_only/long_k0 (K=0, dev)|0.500|0.250|", "|decoder_only/long_k3 (K=3, dev)|0.750|0.125|"]

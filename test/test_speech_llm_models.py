@@ -86,9 +86,8 @@ def test_forward_backward_and_only_intended_parameters_change(tiny_models, arch,
     intended = "adapter." if arch == "decoder_only" else ".cross_attention."
     assert any("lora_" in n for n in changed) and any(intended in n for n in changed)
     for n in changed:
-        assert "lora_" in n or intended in n or "trainable_tokens" in n or n == "part_embedding.weight", (
-            f"{n} should be frozen"
-        )
+        assert "lora_" in n or intended in n or "trainable_tokens" in n or n in (
+            "part_embedding.weight", "segment_embedding.weight"), f"{n} should be frozen"
     assert not any(n.startswith("speech_encoder.") for n in changed)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("speech_encoder.") for n in trainable)
@@ -144,6 +143,7 @@ def test_untrained_hybrid_is_the_decoder_only_model(tiny_models):
     part = torch.randn(decoder_only.part_embedding.weight.shape, generator=g)
     decoder_only.part_embedding.weight.data.copy_(part)
     hybrid.part_embedding.weight.data.copy_(part)
+    hybrid.segment_embedding.load_state_dict(decoder_only.segment_embedding.state_dict())
     # segments of 47 and 41 Whisper frames: stacking the joined row by 5 would mix neighbouring segments
     batch = batch_for(decoder_only, [((0.93, 0.81, 1.2), *ROWS[0][1:]), ROWS[1]])
     speech = batch["speech"], batch["speech_lengths"], batch["speech_segments"]

@@ -1,6 +1,6 @@
 """Decoder-only speech LLM: adapted Whisper frames sit in the ChatGLM3 prompt, before the task token; the
-speech of each history utterance is followed by ``<|sep|>``, as its transcript is in the target, and each
-segment's frames carry the same learned part embedding as that segment's transcript in the answer."""
+speech of each history utterance is followed by ``<|sep|>``, as its transcript is in the target; each segment's
+frames carry a learned embedding of its place (``SpeechLLM.segment_embedding``, added before the adapter)."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +21,6 @@ class DecoderOnlySpeechLLM(SpeechLLM):
 
     def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         feats = feats.to(self.llm.causal_lm.dtype)
-        feats = feats + self.part_embedding(self.segment_parts(segments)).to(feats.dtype)
         ends = (segments[1:] != segments[:-1]).nonzero().flatten().tolist()  # the last frame of each history segment
         if not ends:
             return feats

@@ -2,8 +2,8 @@
 
 No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``. The memory holds the
 history utterances and the current one; attention ignores the order of its keys, so a learned embedding of each
-frame's segment (counted back from the current utterance) is added to the memory before the keys and values;
-the answer's tokens carry the same count as their part (``SpeechLLM.part_embedding``), so that a query can tell
+frame's segment (counted back from the current utterance; ``SpeechLLM.segment_embedding``) is in the memory
+before the keys and values; the answer's tokens carry the same count as their part (``SpeechLLM.part_embedding``), so that a query can tell
 which segment it transcribes.
 """
 from __future__ import annotations
@@ -44,7 +44,6 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         layers = llm.decoder_layers
         chosen = range(len(layers)) if cross_attention_layers is None else cross_attention_layers
         self.memory = SpeechMemory()
-        self.segment_embedding = torch.nn.Embedding(self.part_embedding.num_embeddings, memory_size)
         hidden = llm.hidden_size
         eps = llm.config.rms_norm_eps
         for i in chosen:
@@ -59,7 +58,6 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
     @contextlib.contextmanager
     def attending_to(self, memory, memory_lengths, memory_segments, repeat: int = 1):
         mask = torch.arange(memory.shape[1], device=memory.device)[None] < memory_lengths[:, None]
-        memory = memory + self.segment_embedding(self.segment_parts(memory_segments)).to(memory.dtype)
         # beam search runs beam_size copies of each row side by side (transformers' repeat_interleave)
         self.memory.set(memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0))
         try:

@@ -289,9 +289,11 @@ def figure2(runs: list[Run], out: Path, plot_dir: Path) -> list[str]:
         png = plot_dir / "gates_all_runs.png"
         plot_layer_lines(gates, "cross-attention gate per LLM layer, every run", "tanh(gate)", png)
         doc += ["## Gate values (Figure 2a)",
-                "tanh(gate) of each layer's gated cross-attention, every run that has one (`gate_values.json`).",
-                "", layer_table(gates, "run"), "", f"![gate values of every run]({os.path.relpath(png, out.parent)})",
-                ""]
+                "tanh(gate) of each LLM layer's gated cross-attention, every run that has one (`gate_values.json`): "
+                "the learned value of a static gate; for a dynamic gate (a gate a token, from its hidden state) the "
+                "mean over the positions that predict the validation set's current-utterance tokens, with the run's "
+                "history K.",
+                "", gates_table(runs), "", f"![gate values of every run]({os.path.relpath(png, out.parent)})", ""]
     if shares:
         png = plot_dir / "speech_attention.png"
         plot_layer_lines(shares, "attention of the current utterance's tokens on speech", "share of attention", png)
@@ -390,21 +392,23 @@ def listening_table(runs: list[Run], stats_of: dict[str, dict]) -> str | None:
 
 
 def gates_table(runs: list[Run]) -> str | None:
-    """The per-layer gate values of each run with a gate_values.json, beside its history K: static gates are
-    the learned numbers, dynamic ones their mean over the validation set's current-utterance tokens."""
+    """The per-layer gate values of each run with a gate_values.json, beside its gate kind and history K: static
+    gates are the learned numbers, dynamic ones their mean over the validation set's current-utterance tokens."""
     rows = []
     for run in runs:
         gate_file = run.path / "gate_values.json"
         if gate_file.exists():
-            rows.append((run, json.loads(gate_file.read_text(encoding="utf-8"))))
+            values = json.loads(gate_file.read_text(encoding="utf-8"))
+            layers = values.get("layers", list(range(len(values["gates"]))))
+            rows.append((run, values, dict(zip(layers, values["gates"]))))
     if not rows:
         return None
-    width = max(len(values["gates"]) for _, values in rows)
-    header = ["system", "phase", "gate", "K"] + [f"layer {i}" for i in range(1, width + 1)]
+    layers = sorted({i for _, _, by_layer in rows for i in by_layer})
+    header = ["system", "phase", "gate", "K"] + [f"layer {i}" for i in layers]
     lines = ["|" + "|".join(header) + "|", "|---" * len(header) + "|"]
-    for run, values in rows:
+    for run, values, by_layer in rows:
         k = values.get("num_history", run_config(run).get("num_history", "-"))
-        gates = [f"{g:+.3f}" for g in values["gates"]] + ["-"] * (width - len(values["gates"]))
+        gates = [f"{by_layer[i]:+.3f}" if i in by_layer else "-" for i in layers]
         lines.append("|" + "|".join([run.system, run.phase, values.get("gate", "static"), str(k), *gates]) + "|")
     return "\n".join(lines)
 
@@ -508,17 +512,6 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             "none.",
             "",
             listening,
-            "",
-        ]
-    gates = gates_table(runs)
-    if gates:
-        doc += [
-            "## Gates",
-            "tanh(gate) of each LLM layer's cross-attention: the learned value of a static gate; for a dynamic gate "
-            "(a gate a token, from its hidden state) the mean over the positions that predict the validation set's "
-            "current-utterance tokens, with the run's history K.",
-            "",
-            gates,
             "",
         ]
     points = sweep_points(runs)
