@@ -65,14 +65,10 @@ def dynamic_gate_means(model, batches) -> tuple[dict[int, float], int]:
     try:
         with torch.no_grad():
             for batch in batches:
-                keep = model.drop_broken(None, batch["speech_lengths"])
-                if len(keep) == 0:
+                passed = model.teacher_forced_batch(batch)
+                if passed is None:
                     continue
-                segments = batch.get("speech_segments")
-                memory, lengths, memory_segments = model.encode_speech(
-                    batch["speech"][keep], batch["speech_lengths"][keep], None if segments is None else segments[keep])
-                targets = [batch["text"][b, : int(batch["text_lengths"][b])] for b in keep.tolist()]
-                _, labels = model.teacher_forced_states(memory, lengths, targets, memory_segments)
+                labels = passed[2]
                 # the state at t predicts the token at t + 1, as in the loss
                 current = model.current_utterance_mask(labels[:, 1:])
                 for i in blocks:

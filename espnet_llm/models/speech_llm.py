@@ -213,6 +213,20 @@ class SpeechLLM(AbsESPnetModel):
         with self.attending_to(memory, memory_lengths, memory_segments):
             return self.llm.hidden_states(embeds), labels  # right-padded: no mask needed (see hidden_states)
 
+    def teacher_forced_batch(self, batch: dict):
+        """A collated batch through the LLM teacher-forced, as in the loss, broken rows left out: for the
+        measurements that hook into the LLM (gate values, attention on speech). -> memory_lengths (B,),
+        memory_segments (B, S) and labels (B, L) of the rows kept; None if none is left."""
+        keep = self.drop_broken(None, batch["speech_lengths"])
+        if len(keep) == 0:
+            return None
+        segments = batch.get("speech_segments")
+        memory, lengths, memory_segments = self.encode_speech(
+            batch["speech"][keep], batch["speech_lengths"][keep], None if segments is None else segments[keep])
+        targets = [batch["text"][b, : int(batch["text_lengths"][b])] for b in keep.tolist()]
+        _, labels = self.teacher_forced_states(memory, lengths, targets, memory_segments)
+        return lengths, memory_segments, labels
+
     # ---------------------------------------------------------------- architecture hooks
     @abstractmethod
     def speech_in_prompt(self, feats: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

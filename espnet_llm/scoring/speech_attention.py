@@ -63,22 +63,18 @@ def speech_attention_share(model, batches: Iterable[dict]) -> dict:
     sums, tokens, utterances = torch.zeros(len(layers)), 0, 0
     try:
         for batch in batches:
-            keep = (batch["speech_lengths"] > 0).nonzero().flatten()  # broken utterances: none of their tokens
-            if len(keep) == 0:
-                continue
-            segments = batch.get("speech_segments")
-            memory, lengths, memory_segments = model.encode_speech(
-                batch["speech"][keep], batch["speech_lengths"][keep], None if segments is None else segments[keep])
-            targets = [batch["text"][b, :int(batch["text_lengths"][b])] for b in keep.tolist()]
             captured.clear()
-            _, labels = model.teacher_forced_states(memory, lengths, targets, memory_segments)
+            passed = model.teacher_forced_batch(batch)  # broken utterances: none of their tokens
+            if passed is None:
+                continue
+            lengths, memory_segments, labels = passed
             prompt_lengths = [int((row != IGNORE).nonzero()[0]) for row in labels]
             keys = speech_positions(len(model.layout.prefix_ids), lengths.cpu(), memory_segments.cpu(),
                                     prompt_lengths, labels.shape[1])
             mass, count = attention_mass([w.cpu() for w in captured], keys, model.current_utterance_mask(labels).cpu())
             sums += mass
             tokens += count
-            utterances += len(keep)
+            utterances += len(lengths)
     finally:
         config._attn_implementation = implementation
         for hook in hooks:
