@@ -119,16 +119,18 @@ def test_both_speech_llms_listen_through_the_pretrained_whisper(full_run):
 
 
 @needs_tools
-def test_the_long_form_and_cot_runs_transcribe_the_current_utterance(full_run):
-    """Each answer part knows its speech segment (answer-part embeddings): before them the long-form and CoT runs
-    wrote another sentence of the script or the previous segment's transcript, 94-117 % dev CER and CoT NER F1
-    21 / 11 %; measured with them: 7.6-9.9 %, F1 89 / 85 % (decoder-only / encoder-decoder; CoT 8 epochs)."""
+def test_every_speech_llm_run_transcribes_the_current_utterance_and_finds_the_entities(full_run):
+    """Issue 11's targets (CER at most 10 %, CoT NER F1 at least 80 %) with room for another machine: below 15 % on
+    dev and test, above 75 %. Measured on 2 cores (c993233): CER 0.3-9.7 %, F1 85.0 / 89.1 (encoder-decoder) and 95.1 / 92.4
+    (decoder-only). Before the answer-part embeddings the long-form and CoT runs wrote another sentence of the
+    script, 94-117 % dev CER; before the segment embeddings in Whisper's space (eff969c) the encoder-decoder's CoT
+    test CER was 21.6 %, with a 6-epoch decoder-only long phase 14.6 %."""
     recipe, _ = full_run
-    for name in ("decoder_only/long", "decoder_only/cot", "encoder_decoder/long", "encoder_decoder/cot"):
-        assert dev_cer(recipe, name)["Err"] < 40.0, name
     rows = summary_rows((recipe / "RESULTS.md").read_text(encoding="utf-8"))
-    assert float(rows["decoder_only/cot"][6]) > 50.0  # dev NER F1, %
-    assert float(rows["encoder_decoder/cot"][6]) > 40.0
+    for name in RUNS[1:]:
+        assert float(rows[name][2]) < 15.0 and float(rows[name][3]) < 15.0, (name, rows[name][2:4])  # dev, test CER
+    for name in ("decoder_only/cot", "encoder_decoder/cot"):
+        assert float(rows[name][6]) > 75.0 and float(rows[name][9]) > 75.0, (name, rows[name])  # NER F1, dev, test
 
 
 @needs_tools
