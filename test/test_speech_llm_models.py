@@ -222,6 +222,24 @@ def test_the_order_of_the_speech_segments_matters(tiny_models, arch):
     assert min(abs(a - b) for a, b in zip(losses, losses[1:] + losses[:1])) > 1e-5, losses
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_same_audio_is_marked_by_its_segment_from_the_first_step(tiny_models, arch):
+    """Untrained, the same audio as a history segment and as the current utterance reaches the LLM differently
+    (the history rows of the segment embedding start random), and as the current utterance it is the plain
+    speech of short form (that row starts at zero). The decoder-only model's zero-started marking after the
+    adapter gave both the same embeddings, and its long form transcribed the wrong segment."""
+    model = build(tiny_models, arch, "asr_long").eval()
+    wav = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        memory, _, segments = model.encode_speech(torch.cat([wav, wav])[None], torch.tensor([32000]),
+                                                  torch.tensor([[16000, 16000]]))
+        plain, _, _ = model.encode_speech(wav[None], torch.tensor([16000]))
+    as_history, as_current = memory[0][segments[0] == 1], memory[0][segments[0] == 0]
+    assert as_history.shape == as_current.shape == plain[0].shape
+    assert (as_history - as_current).norm() > 0.1 * as_current.norm()
+    assert torch.allclose(as_current, plain[0], atol=1e-5)  # a batch of two, not bit-equal to one
+
+
 def test_decoder_only_prompt_separates_the_segments(tiny_models):
     model = build(tiny_models, "decoder_only", "asr_long")
     batch = batch_for(model, ROWS)
