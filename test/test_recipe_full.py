@@ -121,7 +121,7 @@ def test_both_speech_llms_listen_through_the_pretrained_whisper(full_run):
 @needs_tools
 def test_every_speech_llm_run_transcribes_the_current_utterance_and_finds_the_entities(full_run):
     """Issue 11's targets (CER at most 10 %, CoT NER F1 at least 80 %) with room for another machine: below 15 % on
-    dev and test, above 75 %. Measured on 2 cores (c993233): CER 0.3-9.7 %, F1 85.0 / 89.1 (encoder-decoder) and 95.1 / 92.4
+    dev and test, above 75 %. Measured on 2 cores (fdcd7ee): CER 0.3-9.7 %, F1 85.0 / 89.1 (encoder-decoder) and 95.1 / 92.4
     (decoder-only). Before the answer-part embeddings the long-form and CoT runs wrote another sentence of the
     script, 94-117 % dev CER; before the segment embeddings in Whisper's space (eff969c) the encoder-decoder's CoT
     test CER was 21.6 %, with a 6-epoch decoder-only long phase 14.6 %."""
