@@ -375,6 +375,29 @@ def test_history_resolved_from_the_data_directory(tiny_models, tmp_path):
         layout.ner_id] + tokenizer.encode("(北京)") + [layout.eos_id]
 
 
+def test_random_history_trains_every_history_length_and_validates_on_all(tiny_models, tmp_path):
+    import random
+
+    for i, n in enumerate((1600, 3200, 4800)):
+        soundfile.write(tmp_path / f"u{i}.wav", np.full(n, 1000, dtype=np.int16), 16000)
+    (tmp_path / "wav.scp").write_text("".join(f"u{i} {tmp_path}/u{i}.wav\n" for i in range(3)))
+    (tmp_path / "text").write_text("u0 你好\nu1 今天\nu2 北京\n")
+    entries = [(str(tmp_path / "wav.scp"), "speech", "sound"), (str(tmp_path / "text"), "text", "text")]
+    args = model_args(tiny_models, task="asr_long")
+    args.preprocessor_conf = {"random_history": True}
+    args.train_data_path_and_name_and_type, args.valid_data_path_and_name_and_type = entries, []
+    row = {"speech": np.zeros(1600, dtype=np.float32), "text": "北京", "history": "u0 u1"}
+    random.seed(0)
+    every = (1600, 3200, 1600)  # u0, u1, then the current utterance
+    for train, lengths_seen in ((True, {every[2:], every[1:], every}), (False, {every})):
+        pre = SpeechLLMTask.build_preprocess_fn(args, train=train)
+        outs = [pre("u2", dict(row)) for _ in range(30)]
+        # the most recent k previous utterances, k = 0, 1, 2 in training; all of them otherwise
+        assert {tuple(o["speech_segments"].tolist()) for o in outs} == lengths_seen, train
+        for o in outs:  # the target has a transcript for each segment: the history's it kept, then the current
+            assert (o["text"] == pre.layout.sep_id).sum() == len(o["speech_segments"]) - 1
+
+
 def layout_of(tiny_models, task):
     from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 

@@ -16,6 +16,7 @@ audio is an error.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,10 +37,17 @@ class SpeechLLMPreprocessor:
         sample_rate: int = 16000,
         max_speech_seconds: float = 30.0,
         feature_dim: int | None = None,
+        random_history: bool = False,
     ):
-        """feature_dim: None for audio; the width of dumped Whisper features when ``speech`` holds them."""
+        """feature_dim: None for audio; the width of dumped Whisper features when ``speech`` holds them.
+
+        random_history: each row takes the last k of its (up to num_history) previous utterances, k drawn anew
+        each time from 0..all of them, so that a model learns every history length, not mostly the longest
+        (for training; validation and decoding take them all).
+        """
         self.layout = layout
         self.num_history = num_history if layout.uses_history else 0
+        self.random_history = random_history
         self.feature_dim = feature_dim
         # time steps a second along the first axis of ``speech``
         self.rate = sample_rate if feature_dim is None else WHISPER_FRAMES_PER_SECOND
@@ -89,7 +97,10 @@ class SpeechLLMPreprocessor:
             logging.warning(f"utterance {uid}: {problem}: skipped")
             wav = self.empty  # zero length marks the row broken for the model
         segments, history_ids, history_texts = [], [], []
-        for hid in data.get("history", "").split()[-self.num_history:] if self.num_history else []:
+        previous = data.get("history", "").split()[-self.num_history:] if self.num_history else []
+        if self.random_history:
+            previous = previous[len(previous) - random.randint(0, len(previous)):]
+        for hid in previous:
             if hid not in self.history_audio:
                 raise KeyError(f"utterance {uid}: history utterance {hid} is in no speech entry given")
             hwav = np.asarray(self.history_audio[hid][hid], dtype=np.float32)

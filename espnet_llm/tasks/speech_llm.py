@@ -80,7 +80,7 @@ class SpeechLLMTask(AbsTask):
         )
         group.add_argument(
             "--preprocessor_conf", action=NestedDictAction, default=dict(),
-            help="SpeechLLMPreprocessor options: sample_rate, max_speech_seconds",
+            help="SpeechLLMPreprocessor options: sample_rate, max_speech_seconds, random_history (training only)",
         )
         for class_choices in cls.class_choices_list:
             class_choices.add_arguments(group)
@@ -93,17 +93,17 @@ class SpeechLLMTask(AbsTask):
     def build_preprocess_fn(cls, args, train: bool):
         # Train and valid lists both: ESPnet's collect-stats mode reads both sets with train=False.
         entries = list(args.train_data_path_and_name_and_type) + list(args.valid_data_path_and_name_and_type)
-        return cls.preprocessor_for(args, entries)
+        return cls.preprocessor_for(args, entries, train)
 
     @classmethod
-    def preprocessor_for(cls, args, entries) -> SpeechLLMPreprocessor:
+    def preprocessor_for(cls, args, entries, train: bool = False) -> SpeechLLMPreprocessor:
         layout = PromptLayout(cls.tokenizer(args), args.prompt_task)
         feature_dim = None  # audio; with the cache, (frames, feature_dim) arrays
         if args.speech_encoder == "whisper_cached":
             feature_dim = CachedWhisperFeatures(**args.speech_encoder_conf).output_size()
-        return SpeechLLMPreprocessor(
-            layout, entries, num_history=args.num_history, feature_dim=feature_dim, **args.preprocessor_conf
-        )
+        conf = dict(args.preprocessor_conf)
+        conf["random_history"] = train and conf.get("random_history", False)  # validation and stats: all of it
+        return SpeechLLMPreprocessor(layout, entries, num_history=args.num_history, feature_dim=feature_dim, **conf)
 
     @classmethod
     def tokenizer(cls, args):
