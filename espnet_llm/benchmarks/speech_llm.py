@@ -57,7 +57,8 @@ from espnet_llm.models.prompts import PromptLayout
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.log_mel import SAMPLE_RATE
-from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND, WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
+from espnet_llm.speech.framing import WHISPER_FRAMES_PER_SECOND
+from espnet_llm.speech.whisper_encoder import WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 from espnet_llm.text.aishell_ner import strip_marks
 

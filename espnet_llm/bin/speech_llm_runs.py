@@ -25,11 +25,14 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from espnet_llm.speech.framing import WHISPER_FRAMES_PER_SECOND
 
 MISSING = object()
 GATED_MODELS = ("encoder_decoder", "hybrid")  # the models with cross-attention gates (stage 13 exports them)
@@ -166,6 +169,9 @@ def whisper_dim(model_path: str) -> int:
     if not Path(model_path).exists():
         raise ConfigError(f"{model_path} (speech_encoder_conf model_path) not found: stage 5 makes the tiny one; "
                           f"put the full one there (openai/whisper-large-v2)")
+    config = Path(model_path) / "config.json"  # transformers' has d_model: read without importing it (4 s)
+    if config.is_file() and "d_model" in (fields := json.loads(config.read_text())):
+        return int(fields["d_model"])
     from espnet_llm.speech.whisper_encoder import whisper_config  # torch and transformers: only when asked
 
     return whisper_config(model_path).d_model
@@ -184,8 +190,6 @@ def stats_dir(config: dict, path: str, expdir: str, feature_cache: bool, history
 
 def cached_train_opts(config: dict, path: str, dim: int, fs: int) -> list[str]:
     """The training options of a speech LLM on the cached features of a Whisper ``dim`` values wide."""
-    from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND
-
     # The YAML's speech_encoder_conf (model_path, pad_to_30s) stays: whisper_cached takes the same arguments.
     opts = ["--speech_encoder", "whisper_cached", "--speech_encoder_conf", f"output_size={dim}"]
     batch_type = config_value(config, path, "batch_type", "folded")

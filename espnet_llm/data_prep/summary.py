@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from espnet_llm.data_prep.kaldi_dir import read_table
+from espnet_llm.speech.framing import WHISPER_FRAMES_PER_SECOND
 from espnet_llm.text.aishell_ner import ENTITY_TYPES, MARK_CHARS, parse_marked_lenient
 
 SPECIAL_TOKENS = ("<blank>", "<unk>", "<sos/eos>")
@@ -67,8 +68,6 @@ def describe_token_list(path: str | Path) -> list[str]:
 
 def describe_feature_dumps(feats_dirs: list[str | Path]) -> str:
     """The arks' bytes of stage 6's dumps over the hours of audio they cover."""
-    from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND  # torch: imported for this line only
-
     size = sum(ark.stat().st_size for d in feats_dirs for ark in Path(d).glob("parts/*/data/feats.*.ark"))
     frames = sum(int(n) for d in feats_dirs for n in read_table(Path(d) / "utt2num_frames").entries.values())
     hours = frames / WHISPER_FRAMES_PER_SECOND / 3600

@@ -26,12 +26,8 @@ import torch
 from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160
-MAX_SECONDS = 30
-MAX_SAMPLES = MAX_SECONDS * SAMPLE_RATE  # 480000
-MAX_FRAMES = MAX_SAMPLES // HOP_LENGTH  # 3000
+from espnet_llm.speech.framing import HOP_LENGTH, MAX_FRAMES, MAX_SAMPLES, MAX_SECONDS, N_FFT, SAMPLE_RATE
+
 LOG_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 

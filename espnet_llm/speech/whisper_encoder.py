@@ -35,16 +35,10 @@ from espnet_llm.speech.ctranslate2_checkpoint import (
     is_ctranslate2_whisper_dir,
     load_ctranslate2_whisper_encoder,
 )
-from espnet_llm.speech.log_mel import (  # the error is part of this API too
-    HOP_LENGTH,
-    SAMPLE_RATE,
-    SpeechTooLongError,
-    WhisperLogMel,
-)
+from espnet_llm.speech.log_mel import SpeechTooLongError, WhisperLogMel  # the error is part of this API too
 from espnet_llm.speech.openai_checkpoint import load_openai_whisper_encoder, openai_whisper_config
 
 __all__ = [
-    "WHISPER_FRAMES_PER_SECOND",
     "WHISPER_LARGE_V2_CONFIG",
     "SpeechTooLongError",
     "WhisperArchitecture",
@@ -53,9 +47,6 @@ __all__ = [
     "whisper_config",
     "whisper_encoder_on_meta",
 ]
-
-# 50: 100 log-mel frames a second, halved by the encoder's stride-2 convolution
-WHISPER_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH // 2
 
 # transformers WhisperConfig kwargs of openai/whisper-large-v2 (its config.json, architecture part).
 # Parameters: encoder 636,784,640 (of which 1,920,000 the fixed sinusoidal positions), decoder

@@ -24,7 +24,7 @@ import numpy as np
 from espnet2.fileio.read_text import read_2columns_text
 
 from espnet_llm.models.prompts import PromptLayout
-from espnet_llm.speech.whisper_encoder import WHISPER_FRAMES_PER_SECOND
+from espnet_llm.speech.framing import WHISPER_FRAMES_PER_SECOND
 from espnet_llm.tasks.speech_loader import open_entry
 
 

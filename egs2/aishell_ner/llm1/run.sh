@@ -344,6 +344,29 @@ stage_finished() {  # <stage>: logs the seconds it took
     _stage_start=${SECONDS}
 }
 
+# at_most <n> <function> <arg>...: "<function> <arg>" for every arg, at most n at a time (on the mini corpus each
+# job's start, not its work, is most of its time: side by side, the cores are not left to wait); after all have
+# ended, names each that failed and returns 1 if one did. Called where run.sh has no other job in the background,
+# and not in a condition (each job stops at its first error, by set -e, only outside one).
+at_most() {
+    local n=$1 fn=$2 arg pid running=0 failed=0
+    local -A arg_of=()
+    shift 2
+    for arg in "$@"; do
+        if [ "${running}" -ge "${n}" ]; then
+            wait -n -p pid || { log "Error: ${fn} ${arg_of[${pid}]} failed"; failed=1; }
+            running=$(( running - 1 ))
+        fi
+        "${fn}" "${arg}" &
+        arg_of[$!]=${arg}
+        running=$(( running + 1 ))
+    done
+    for (( ; running > 0; running-- )); do
+        wait -n -p pid || { log "Error: ${fn} ${arg_of[${pid}]} failed"; failed=1; }
+    done
+    return "${failed}"
+}
+
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ -n "${aishell_root}" ]; then
         log "Stage 1: data preparation from ${aishell_root} and '${ner_transcripts}'"
@@ -418,14 +441,20 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
 fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
-    [ -n "${conformer_config}" ] && conformer 5
-    if [ "${#llm_configs[@]}" -gt 0 ]; then
-        log "Stage 5: the speech LLMs' models, each config's Whisper and ChatGLM3, and ChatGLM3's tokenizer"
-        # shellcheck disable=SC2046
-        ${python} -m espnet_llm.bin.prepare_speech_llm_models --ct2_dir downloads/faster-whisper-base \
-            $([ "${model_size}" = tiny ] && echo --tiny_models "${conf_dir}/tiny_models.yaml") \
-            --token_dir "${token_listdir}/chatglm3" "${llm_configs[@]}"
-    fi
+    prepare() {  # <conformer|llms>: the two are independent
+        if [ "$1" = conformer ]; then
+            conformer 5
+        else
+            log "Stage 5: the speech LLMs' models, each config's Whisper and ChatGLM3, and ChatGLM3's tokenizer"
+            # shellcheck disable=SC2046
+            ${python} -m espnet_llm.bin.prepare_speech_llm_models --ct2_dir downloads/faster-whisper-base \
+                $([ "${model_size}" = tiny ] && echo --tiny_models "${conf_dir}/tiny_models.yaml") \
+                --token_dir "${token_listdir}/chatglm3" "${llm_configs[@]}"
+        fi
+    }
+    # shellcheck disable=SC2046
+    at_most "${nj}" prepare $([ -n "${conformer_config}" ] && echo conformer) \
+        $([ "${#llm_configs[@]}" -gt 0 ] && echo llms)
     stage_finished 5
 fi
 
@@ -463,24 +492,39 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
         fi
     done
     read_llm_plan
-    [ -n "${conformer_config}" ] && conformer 10
+    _collections=()  # conformer, and the index in llm_runs of each speech LLM run with stats of its own
+    [ -n "${conformer_config}" ] && _collections+=(conformer)
     _collected=" "
     for i in "${!llm_runs[@]}"; do
         read -r system phase config _ <<<"${llm_runs[i]}"
-        IFS=$'\t' read -r _stats_dir _opts _ <<<"${llm_plan[i]}"
+        IFS=$'\t' read -r _stats_dir _ <<<"${llm_plan[i]}"
         if [[ ${_collected} == *" ${_stats_dir} "* ]]; then
             log "Stage 10: ${system}/${phase} shares ${_stats_dir}"
-            continue
+        else
+            _collected+="${_stats_dir} "
+            _collections+=("${i}")
         fi
-        _collected+="${_stats_dir} "
+    done
+    # the collections side by side, the nj jobs divided among them
+    _at_once=$(( ${#_collections[@]} < nj ? ${#_collections[@]} : nj ))
+    _stats_nj=$(( nj / (_at_once > 0 ? _at_once : 1) ))
+    collect() {  # <conformer|index in llm_runs>
+        if [ "$1" = conformer ]; then
+            conformer 10 --nj "${_stats_nj}"
+            return
+        fi
+        local system phase config _stats_dir _opts
+        read -r system phase config _ <<<"${llm_runs[$1]}"
+        IFS=$'\t' read -r _stats_dir _opts _ <<<"${llm_plan[$1]}"
         log "Stage 10: collect stats of ${system}/${phase} (${config})"
         # on the cached features the shapes are feature frames (history included), not samples; utterances
         # stage 6 could not dump keep their keys (from wav.scp) with 0 frames
         # shellcheck disable=SC2086
-        local/collect_stats.sh --nj "${nj}" --train_module espnet_llm.bin.speech_llm_train \
+        local/collect_stats.sh --nj "${_stats_nj}" --train_module espnet_llm.bin.speech_llm_train \
             "${dumpdir}/raw/${train_set}" "${dumpdir}/raw/${valid_set}" "${_stats_dir}" -- \
             --config "${config}" ${_opts} ${train_args}
-    done
+    }
+    at_most "${_at_once}" collect "${_collections[@]}"
     stage_finished 10
 fi
 
@@ -525,26 +569,34 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
 fi
 
 if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
+    score_run() {  # <system>/<phase>: output to its scoring.log, shown when every run is scored
+        local system=${1%%/*} _dir=${expdir}/$1 _feats
+        {
+            # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
+            local/score.sh data "${_dir}" "${test_sets}"
+            if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
+                # static gates from the checkpoint; dynamic ones (a gate a token) measured on the validation set
+                ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
+                    --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
+                    --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
+            fi
+            if [ "${system}" != conformer ] && [ -f "${_dir}/${inference_model}" ] \
+                    && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
+                # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
+                _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
+                    "${_dir}/config.yaml" "${valid_set}")
+                ${python} -m espnet_llm.bin.speech_attention --train_config "${_dir}/config.yaml" \
+                    --model_file "${_dir}/${inference_model}" --data_dir "${dumpdir}/raw/${valid_set}" \
+                    ${_feats:+--feats_dir "${_feats}/${valid_set}"} --output "${_dir}/speech_attention.json"
+            fi
+        } >"${_dir}/scoring.log" 2>&1
+    }
+    log "Stage 13: scoring, gates and attention on speech of each run, ${nj} at a time: <run dir>/scoring.log"
+    # shellcheck disable=SC2046
+    at_most "${nj}" score_run $(printf '%s\n' "${runs[@]}" | awk '{ print $1 "/" $2 }')
     for run in "${runs[@]}"; do
-        read -r system phase config _ <<<"${run}"
-        _dir=${expdir}/${system}/${phase}
-        # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
-        local/score.sh data "${_dir}" "${test_sets}"
-        if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
-            # static gates from the checkpoint; dynamic ones (a gate a token) measured on the validation set
-            ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
-                --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
-                --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
-        fi
-        if [ "${system}" != conformer ] && [ -f "${_dir}/${inference_model}" ] \
-                && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
-            # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
-            _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
-                "${_dir}/config.yaml" "${valid_set}")
-            ${python} -m espnet_llm.bin.speech_attention --train_config "${_dir}/config.yaml" \
-                --model_file "${_dir}/${inference_model}" --data_dir "${dumpdir}/raw/${valid_set}" \
-                ${_feats:+--feats_dir "${_feats}/${valid_set}"} --output "${_dir}/speech_attention.json"
-        fi
+        read -r system phase _ <<<"${run}"
+        cat "${expdir}/${system}/${phase}/scoring.log"
     done
     log "Stage 13: RESULTS.md, and the ${valid_set} CER of each run"
     ${python} -m espnet_llm.bin.make_results --expdir "${expdir}" --out RESULTS.md --cer_set "${valid_set}" \
