@@ -3,6 +3,7 @@ collect-stats, training, resuming and decoding past a corrupt file, and 2-proces
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -138,7 +139,7 @@ def write_config(tiny_models: Path, name: str, path: Path, **overrides) -> Path:
 @needs_sox
 def test_espnet_cli_collect_stats_train_resume_and_decode_past_a_corrupt_file(tiny_models, tmp_path):
     data = speak_corpus(tmp_path / "data", corrupt="S0001W0005")
-    config = write_config(tiny_models, "decoder_only_cot", tmp_path / "train.yaml", max_epoch=1)
+    config = write_config(tiny_models, "decoder_only_cot", tmp_path / "train.yaml", max_epoch=2)
     data_args = []
     for phase in ("train", "valid"):
         for path, name, kind in data_entries(data):
@@ -155,8 +156,12 @@ def test_espnet_cli_collect_stats_train_resume_and_decode_past_a_corrupt_file(ti
     trained = ("lora_", "adapter.", "trainable_tokens", "part_embedding.", "segment_embedding.")
     assert epoch1 and all(any(part in k for part in trained) for k in epoch1)
     resumed = run_module(module, "--config", str(config), *data_args, *shapes, "--output_dir", "exp",
-                         "--resume", "true", "--max_epoch", "2", cwd=tmp_path)
-    assert "resumed" in resumed.stderr and (tmp_path / "exp/2epoch.pth").exists()
+                         "--resume", "true", "--max_epoch", "3", cwd=tmp_path)
+    assert "resumed" in resumed.stderr and (tmp_path / "exp/3epoch.pth").exists()
+    # validation measures the speech reliance (a second pass) at the last epoch of a run only
+    results = {int(m[0]): m[1] for m in re.findall(r"(\d+)epoch results: (.*)", train.stderr + resumed.stderr)}
+    assert sorted(results) == [1, 2, 3]
+    assert "speech_reliance" not in results[1] and "speech_reliance=" in results[2] and "speech_reliance=" in results[3]
     run_module("espnet_llm.bin.speech_llm_inference", "--output_dir", "decode", "--batch_size", "2",
                "--speech_llm_train_config", "exp/config.yaml", "--speech_llm_model_file", "exp/valid.acc_current.ave.pth",
                "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",

@@ -49,6 +49,9 @@ class SpeechLLM(AbsESPnetModel):
         self.save_trainable_only = save_trainable_only
         self.extract_feats_in_collect_stats = extract_feats_in_collect_stats
         self.num_broken = 0
+        # speech reliance in evaluation mode: a second teacher-forced pass; the trainer measures it at the last
+        # epoch only (PhaseTrainer), where RESULTS.md reads it
+        self.measure_speech_reliance = True
         # which part of the answer a position writes, counted back from the current utterance (0), as the
         # speech segments are: added to the answer's inputs so that part k can find segment k
         self.part_embedding = nn.Embedding(max_segments, llm.hidden_size)
@@ -137,7 +140,7 @@ class SpeechLLM(AbsESPnetModel):
         targets = [text[b, : int(text_lengths[b])] for b in range(len(keep))]
         loss, acc, acc_current = self.target_loss(memory, memory_lengths, memory_segments, targets)
         stats = {"loss": loss.detach(), "acc": acc, "acc_current": acc_current}
-        if not self.training:
+        if not self.training and self.measure_speech_reliance:
             stats.update(self.speech_reliance(loss, memory, memory_lengths, memory_segments, targets))
         return force_gatherable((loss, stats, torch.tensor(len(keep))), loss.device)
 

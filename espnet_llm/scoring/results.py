@@ -383,11 +383,12 @@ def listening_table(runs: list[Run], stats_of: dict[str, dict]) -> str | None:
              "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         stats = stats_of.get(run.name) or {}
-        valid = stats[max(stats)].get("valid", {}) if stats else {}
-        if "speech_reliance" not in valid:
+        measured = [e for e in stats if "speech_reliance" in stats[e].get("valid", {})]  # the last epoch's
+        if not measured:
             continue
+        valid = stats[max(measured)]["valid"]
         cells = [f"{valid[k]:.3f}" if k in valid else "-" for k in LISTENING_KEYS]
-        lines.append("|" + "|".join([run.system, run.phase, str(max(stats)), *cells]) + "|")
+        lines.append("|" + "|".join([run.system, run.phase, str(max(measured)), *cells]) + "|")
     return "\n".join(lines) if len(lines) > 2 else None
 
 

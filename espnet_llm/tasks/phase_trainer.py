@@ -1,5 +1,5 @@
 """ESPnet's trainer (safe to kill: ``resumable_trainer``), with a phase that continues the optimiser and LR
-schedule of the phase before it.
+schedule of the phase before it, and the speech reliance of validation measured at the last epoch only.
 
 The paper trains three phases, each from the last (short-form ASR, long-form ASR, CoT NER). ESPnet's
 ``--init_param`` carries the weights only: AdamW's moments start from zero and the warmup climbs back to the
@@ -48,6 +48,15 @@ def continue_schedule(checkpoint: str | Path, optimizers, schedulers) -> None:
 
 
 class PhaseTrainer(ResumableTrainer):
+    @classmethod
+    def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
+        """ESPnet's, with the speech LLMs' speech reliance measured at the last epoch only: its second
+        teacher-forced pass was a third of a tiny run's validation time, and RESULTS.md reads the last epoch."""
+        speech_llm = getattr(model, "module", model)  # under DDP, the model inside
+        if hasattr(speech_llm, "measure_speech_reliance"):
+            speech_llm.measure_speech_reliance = reporter.get_epoch() == options.max_epoch
+        super().validate_one_epoch(model, iterator, reporter, options, distributed_option)
+
     @classmethod
     def build_options(cls, args: argparse.Namespace) -> PhaseTrainerOptions:
         return build_dataclass(PhaseTrainerOptions, args)
