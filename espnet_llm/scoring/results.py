@@ -175,15 +175,15 @@ def plot_training_curves(run: Run, stats: dict, out_png: Path) -> None:
     plt.close(fig)
 
 
-def plot_gate_values(run: Run, gates: list[float], out_png: Path) -> None:
+def plot_gate_values(run: Run, layers: list[int], gates: list[float], out_png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(1, len(gates) + 1), gates)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.bar(layers, gates)  # the LLM layer each block sits before, counted from 0 as gate_values.json does
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set(title=f"{run.name}: cross-attention gate per LLM layer", xlabel="layer", ylabel="gate value")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -253,7 +253,8 @@ def plot_layer_lines(series: dict[str, tuple[list[int], list[float]]], title: st
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, (layers, values) in series.items():
         ax.plot(layers, values, "-o", label=label)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    # whole layers only, also for a model with one block (the tiny encoder-decoder's): a single tick
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))
     ax.set(title=title, xlabel="LLM layer", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -551,9 +552,9 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         gate_file = run.path / "gate_values.json"
         if gate_file.exists():
             with open(gate_file, encoding="utf-8") as f:
-                gates = json.load(f)["gates"]
+                gates = json.load(f)
             png = plot_dir / f"{run.name.replace('/', '_')}_gates.png"
-            plot_gate_values(run, gates, png)
+            plot_gate_values(run, gates.get("layers", list(range(len(gates["gates"])))), gates["gates"], png)
             figures.append(f"![{run.name} gate values]({os.path.relpath(png, out.parent)})")
         if (run.path / "images").is_dir():
             pngs = sorted(p.name for p in (run.path / "images").glob("*.png"))
