@@ -274,15 +274,24 @@ def layer_table(rows: dict[str, tuple[list[int], list[float]]], first: str) -> s
     return "\n".join(lines)
 
 
+def read_gates(run: Run) -> dict | None:
+    """A run's gate_values.json (export_gates), its ``layers`` filled in for a file that predates them; None without."""
+    gate_file = run.path / "gate_values.json"
+    if not gate_file.exists():
+        return None
+    values = json.loads(gate_file.read_text(encoding="utf-8"))
+    values.setdefault("layers", list(range(len(values["gates"]))))
+    return values
+
+
 def figure2(runs: list[Run], out: Path, plot_dir: Path) -> list[str]:
     """RESULTS.md's Figure 2 section: (a) the gate values of every run that has them, (b) the decoder-only runs'
     attention share on speech, each a table and one plot."""
     doc = []
     gates, shares = {}, {}
     for run in runs:
-        if (run.path / "gate_values.json").exists():
-            data = json.loads((run.path / "gate_values.json").read_text(encoding="utf-8"))
-            gates[run.name] = (data.get("layers", list(range(len(data["gates"])))), data["gates"])
+        if (data := read_gates(run)) is not None:
+            gates[run.name] = (data["layers"], data["gates"])
         if (run.path / "speech_attention.json").exists():
             data = json.loads((run.path / "speech_attention.json").read_text(encoding="utf-8"))
             shares[f"{run.name} (K={data['num_history']}, {data['set']})"] = (data["layers"], data["share"])
@@ -398,11 +407,8 @@ def gates_table(runs: list[Run]) -> str | None:
     gates are the learned numbers, dynamic ones their mean over the validation set's current-utterance tokens."""
     rows = []
     for run in runs:
-        gate_file = run.path / "gate_values.json"
-        if gate_file.exists():
-            values = json.loads(gate_file.read_text(encoding="utf-8"))
-            layers = values.get("layers", list(range(len(values["gates"]))))
-            rows.append((run, values, dict(zip(layers, values["gates"]))))
+        if (values := read_gates(run)) is not None:
+            rows.append((run, values, dict(zip(values["layers"], values["gates"]))))
     if not rows:
         return None
     layers = sorted({i for _, _, by_layer in rows for i in by_layer})
@@ -549,12 +555,9 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             png = plot_dir / f"{run.name.replace('/', '_')}_curves.png"
             plot_training_curves(run, stats, png)
             figures.append(f"![{run.name} training curves]({os.path.relpath(png, out.parent)})")
-        gate_file = run.path / "gate_values.json"
-        if gate_file.exists():
-            with open(gate_file, encoding="utf-8") as f:
-                gates = json.load(f)
+        if (gates := read_gates(run)) is not None:
             png = plot_dir / f"{run.name.replace('/', '_')}_gates.png"
-            plot_gate_values(run, gates.get("layers", list(range(len(gates["gates"])))), gates["gates"], png)
+            plot_gate_values(run, gates["layers"], gates["gates"], png)
             figures.append(f"![{run.name} gate values]({os.path.relpath(png, out.parent)})")
         if (run.path / "images").is_dir():
             pngs = sorted(p.name for p in (run.path / "images").glob("*.png"))
