@@ -366,6 +366,24 @@ def test_stage13_scores_the_whole_test_set_and_names_what_was_not_decoded(tmp_pa
     assert f"- test: 1 utterance(s) could not be read by decoding: {ids[2]}" in results
 
 
+def test_stage13_names_the_run_it_could_not_score_and_shows_why(tmp_path):
+    """Stage 13 scores the runs side by side, each into its scoring.log: a run that fails is named, and the end of its
+    log, with the error, is on run.sh's output, not only in the file."""
+    recipe = recipe_copy(tmp_path / "recipe")
+    ids = [uttid(21, n) for n in range(1, 3)]
+    for root in ("data/test", "dump/raw/test"):
+        write_lines(recipe / root / "text", [f"{u} 今天下雨" for u in ids])
+        write_lines(recipe / root / "utt2spk", [f"{u} S0021" for u in ids])
+    write_lines(recipe / "exp" / "decoder_only" / "cot" / "config.yaml", ["model: decoder_only"])  # never decoded
+    proc = subprocess.run(["./run.sh", "--stage", "13", "--stop_stage", "13", "--systems", "decoder_only",
+                           "--llm_phases", "cot", "--test_sets", "test"], cwd=recipe, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "Error: score_run decoder_only/cot failed" in proc.stdout + proc.stderr
+    assert "the end of exp/decoder_only/cot/scoring.log:" in proc.stdout
+    assert "decode_test/text" in proc.stdout  # the error itself, from the log
+
+
 # ------------------------------------------------------------------------------------------------ decoding
 
 @pytest.fixture

@@ -571,6 +571,10 @@ fi
 if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
     score_run() {  # <system>/<phase>: output to its scoring.log, shown when every run is scored
         local system=${1%%/*} _dir=${expdir}/$1 _feats
+        # at_most runs it as a job of its own, which its first error ends (set -e): then show on run.sh's output
+        # (fd 3; the error is raised inside the redirection to the log) where it stopped
+        exec 3>&1
+        trap "[ \$? -eq 0 ] || { echo 'the end of ${_dir}/scoring.log:'; tail -n 5 '${_dir}/scoring.log'; } >&3" EXIT
         {
             # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
             local/score.sh data "${_dir}" "${test_sets}"
