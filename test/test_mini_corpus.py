@@ -1,21 +1,23 @@
-"""The bundled mini corpus: layout, audio format, determinism, speaker split, and stage 1 on it."""
+"""The bundled mini corpus: held-out text and voices, layout, audio format, determinism, and stage 1 on it."""
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
 from espnet_llm.data_prep import mini_corpus
 from espnet_llm.data_prep.aishell import prepare
 from espnet_llm.data_prep.history import write_utt2history
-from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker
 from espnet_llm.data_prep.mini_corpus import (
-    MiniCorpusConfig, build_mini_corpus, check_sentences, select_sentences, speaker_voice, spoken_text,
+    HELD_OUT_VARIANTS, TRAIN_VARIANTS, MiniCorpusConfig, build_mini_corpus, check_mandarin, plan_corpus, read_sentences,
+    spoken_text, training_overlap, vocabulary,
 )
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
-from espnet_llm.text.aishell_ner import normalize_transcript, strip_marks
+from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked, strip_marks
 
-SMALL = MiniCorpusConfig(seed=3, num_speakers=6, utts_per_speaker=3, num_dev_speakers=1, num_test_speakers=1)
+SMALL = MiniCorpusConfig(seed=3, num_dev_speakers=1, num_test_speakers=1, held_out_utts_per_speaker=3,
+                         num_train_speakers=3, max_train_utts_per_speaker=4)
 SETS = ("train", "dev", "test")
 
 
@@ -34,6 +36,11 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def default_plan() -> mini_corpus.Plan:
+    return plan_corpus(MiniCorpusConfig(), check_mandarin)
+
+
 def speakers_by_set(root: Path) -> dict[str, set[str]]:
     return {s: {p.name for p in (root / "data_aishell" / "wav" / s).iterdir()} for s in SETS}
 
@@ -44,7 +51,7 @@ def test_layout_and_audio_format(corpus):
         assert (corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt").is_file()
     assert "Apache License" in (corpus / "aishell_ner" / "LICENSE").read_text()
     wavs = sorted((corpus / "data_aishell" / "wav").glob("*/S*/BAC009S*W*.wav"))
-    assert len(wavs) == SMALL.num_speakers * SMALL.utts_per_speaker
+    assert len(wavs) == 3 * 4 + 3 + 3
     for wav in wavs:
         info = soundfile.info(str(wav))
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
@@ -52,48 +59,58 @@ def test_layout_and_audio_format(corpus):
         assert wav.parent.name == wav.stem[6:11]  # speaker directory matches the id
 
 
-def test_speakers_split_disjoint_and_voices_heard_in_training(corpus):
-    speakers = speakers_by_set(corpus)
-    assert [len(speakers[s]) for s in SETS] == [4, 1, 1]
-    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"] or speakers["dev"] & speakers["test"])
-    train_voices = {speaker_voice(s) for s in speakers["train"]}
-    assert {speaker_voice(s) for s in speakers["dev"] | speakers["test"]} <= train_voices
+def test_the_default_corpus_holds_out_dev_and_test_text_and_voices(default_plan, capsys):
+    plan = default_plan
+    sizes = {subset: len(plan.sentences[subset]) for subset in SETS}
+    assert sizes["train"] >= 3900 and sizes["dev"] == sizes["test"] == 100, sizes
+    assert training_overlap(plan) == {"dev": set(), "test": set()}
+    train_text = {spoken_text(s) for s in plan.sentences["train"]}
+    assert len(train_text) == sizes["train"]  # each sentence read once
+    speakers = {subset: {s.speaker for s in plan.sentences[subset]} for subset in SETS}
+    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"]
+                or speakers["dev"] & speakers["test"])
+    variant = {spk: plan.voice[spk].name.split("+")[1] for spk in plan.voice}
+    assert {variant[s] for s in speakers["train"]} <= set(TRAIN_VARIANTS)
+    held_out = [variant[s] for s in speakers["dev"] | speakers["test"]]
+    assert set(held_out) <= set(HELD_OUT_VARIANTS) and len(set(held_out)) == len(held_out)
+    assert len({plan.voice[s] for s in speakers["train"]}) == len(speakers["train"])  # a voice of its own
+    # the LM's text holds neither the held-out nor the training speech's sentences
+    assert not set(plan.lm_text) & (train_text | {spoken_text(s) for s in plan.sentences["dev"] + plan.sentences["test"]})
+    train_entities = {e.text for s in plan.sentences["train"] for e in parse_marked(s.marked)[1]}
+    with capsys.disabled():
+        for subset in ("dev", "test"):
+            entities = [e.text for s in plan.sentences[subset] for e in parse_marked(s.marked)[1]]
+            unseen = sum(e not in train_entities for e in entities)
+            print(f"\n{subset}: {len(entities)} entities, {unseen} ({100 * unseen / len(entities):.0f} %) "
+                  f"of their strings unseen in training")
+            assert len(entities) >= 40  # NER F1 moves at most 2.5 points an entity
 
 
-def test_sentences_are_real_consecutive_runs_each_read_in_an_order_of_its_own(corpus):
-    real_runs = {}  # AISHELL speaker -> its sentences in W order
-    for uttid, marked in read_table(AISHELL_NER_DEV_TRANSCRIPT).items():
-        real_runs.setdefault(uttid[6:11], []).append((int(uttid[12:]), marked))
+def test_sentences_are_a_speakers_real_sentences_in_order_within_the_vocabulary(corpus):
+    real = read_table(AISHELL_NER_DEV_TRANSCRIPT)
+    vocab = vocabulary(read_sentences(), SMALL.vocabulary)
     transcript = read_table(corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt")
-    orders = {}  # script -> the reading orders of its readers
     for subset in SETS:
         ner = read_table(corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt")
-        by_speaker = {}
-        for uttid, marked in sorted(ner.items()):
+        for uttid, marked in ner.items():
+            assert real[uttid].strip() == marked  # the real id and annotation: a speaker reads its own story
+            assert set(normalize_transcript(strip_marks(marked))) <= vocab
             assert " " in transcript[uttid] or len(strip_marks(marked)) <= 3  # word-spaced like AISHELL-1
             assert normalize_transcript(transcript[uttid]) == normalize_transcript(strip_marks(marked))
-            by_speaker.setdefault(uttid[6:11], []).append((int(uttid[12:]), marked))
-        for read in by_speaker.values():
-            numbers = [n for n, _ in read]
-            assert numbers == list(range(numbers[0], numbers[0] + SMALL.utts_per_speaker))  # W in reading order
-            texts = [m for _, m in read]
-            # verbatim annotations of a real run of consecutive sentences of one AISHELL speaker
-            assert any(sorted(texts) == sorted(m for _, m in sentences[i:i + len(texts)])
-                       and sentences[i + len(texts) - 1][0] - sentences[i][0] == len(texts) - 1
-                       for sentences in real_runs.values() for i in range(len(sentences) - len(texts) + 1))
-            orders.setdefault(frozenset(texts), []).append(texts)
-    # readers of one script read it in different orders (so the history does not give the next sentence)
-    assert any(len({tuple(o) for o in read}) > 1 for read in orders.values())
-
-
-def test_held_out_speakers_read_training_text_in_a_voice_that_did_not_read_it(corpus):
-    voices_of_text = {}
-    for uttid, marked in read_table(corpus / "aishell_ner" / "aishell_ner_transcript.train.txt").items():
-        voices_of_text.setdefault(marked, set()).add(speaker_voice(uttid[6:11]))
-    assert max(len(v) for v in voices_of_text.values()) == min(SMALL.readers_per_script, 4)  # voices per script
+    # held-out speakers read consecutive kept sentences of theirs, in their reading order
     for subset in ("dev", "test"):
-        for uttid, marked in read_table(corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt").items():
-            assert marked in voices_of_text and speaker_voice(uttid[6:11]) not in voices_of_text[marked]
+        ids = sorted(read_table(corpus / "aishell_ner" / f"aishell_ner_transcript.{subset}.txt"))
+        speaker = ids[0][6:11]
+        kept = [s.uttid for s in read_sentences()[speaker] if set(spoken_text(s)) <= vocab]
+        start = kept.index(ids[0])
+        assert ids == kept[start:start + len(ids)]
+
+
+def test_held_out_speakers_read_the_window_of_their_sentences_richest_in_entities():
+    sentences = [mini_corpus.Sentence(f"BAC009S0724W{i:04d}", "S0724", i, m)
+                 for i, m in enumerate(["甲乙", "[张三]来", "丙丁", "(北京)和(上海)", "[李四]", "戊己"])]
+    assert [s.index for s in mini_corpus.richest_window(sentences, 3)] == [1, 2, 3]  # the first with 3 entities
+    assert [s.index for s in mini_corpus.richest_window(sentences, 6)] == list(range(6))
 
 
 def test_same_seed_same_bytes_other_seed_other_sentences(corpus, tmp_path):
@@ -113,15 +130,12 @@ def test_stage1_prepares_the_mini_corpus_cleanly(corpus, tmp_path):
     history = write_utt2history(tmp_path / "data" / "train", k=2)
     for line in history.read_text().splitlines():
         ids = line.split()
-        numbers = [int(u[12:]) for u in ids]
-        # W numbers follow the reading order, so the history is the directly preceding sentences
-        assert numbers[1:] == list(range(numbers[0] - len(ids) + 1, numbers[0]))
-        assert len({u[6:11] for u in ids}) == 1
+        assert len({u[6:11] for u in ids}) == 1 and ids[1:] == sorted(ids[1:]) and all(u < ids[0] for u in ids[1:])
 
 
 def test_rebuild_is_skipped_for_the_same_seed(tmp_path, capsys):
-    args = ["--output_dir", str(tmp_path / "m"), "--num_speakers", "6", "--utts_per_speaker", "1",
-            "--num_dev_speakers", "1", "--num_test_speakers", "1"]
+    args = ["--output_dir", str(tmp_path / "m"), "--num_train_speakers", "2", "--max_train_utts_per_speaker", "1",
+            "--num_dev_speakers", "1", "--num_test_speakers", "1", "--held_out_utts_per_speaker", "1"]
     assert mini_corpus.main(args) == 0
     wav = next((tmp_path / "m").rglob("*.wav"))
     stamp = wav.stat().st_mtime_ns
@@ -133,8 +147,10 @@ def test_rebuild_is_skipped_for_the_same_seed(tmp_path, capsys):
 
 
 def test_missing_tools_foreign_directories_and_bad_sizes_are_clear_errors(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="too few to hold out 2 dev/test speakers"):
-        build_mini_corpus(tmp_path / "few", MiniCorpusConfig(num_speakers=3, num_dev_speakers=1, num_test_speakers=1))
+    with pytest.raises(ValueError, match="has .* sentences in the vocabulary .* 1000 are needed"):
+        build_mini_corpus(tmp_path / "few", MiniCorpusConfig(held_out_utts_per_speaker=1000, num_train_speakers=1))
+    with pytest.raises(ValueError, match="too few to hold out 40"):
+        build_mini_corpus(tmp_path / "few", MiniCorpusConfig(num_dev_speakers=20, num_test_speakers=20))
     assert not (tmp_path / "few").exists()
     foreign = tmp_path / "corpus"
     (foreign / "data_aishell").mkdir(parents=True)
@@ -145,29 +161,17 @@ def test_missing_tools_foreign_directories_and_bad_sizes_are_clear_errors(tmp_pa
         build_mini_corpus(tmp_path / "new", SMALL)
 
 
-@pytest.fixture(scope="module")
-def tts() -> MandarinSpeaker:
-    return MandarinSpeaker()
+def test_a_sentence_read_in_another_language_is_left_out_and_counted():
+    # libespeak-ng 1.52 reads the syllable xiong of 凶 in English; checked in a child process
+    voice = mini_corpus.Voice("cmn+m3", 50, 220)
+    assert check_mandarin([(normalize_transcript("七旬翁打死九旬室友凶手"), voice), ("你好中国", voice)]) == [False, True]
+    plan = plan_corpus(SMALL, lambda jobs: ["的" not in text for text, _ in jobs])  # as if 的 were read in English
+    assert plan.refused["read partly in another language"] > 0
+    assert all("的" not in spoken_text(s) for sentences in plan.sentences.values() for s in sentences)
 
 
-def test_every_sentence_of_the_default_corpus_is_spoken_in_mandarin(tts):
-    chosen = select_sentences(MiniCorpusConfig(), tts)
-    assert [len(chosen[s]) for s in SETS] == [360, 60, 60]
-    for sentences in chosen.values():
-        for sentence in sentences:
-            text, voice = spoken_text(sentence), speaker_voice(sentence.speaker)
-            phonemes = tts.phonemes(text, voice)
-            assert "(" not in phonemes, (sentence.uttid, text, voice, phonemes)  # no "(en)" language switch
-
-
-def test_a_sentence_read_in_another_language_is_refused_by_name(tts, tmp_path):
-    # libespeak-ng 1.52 reads the syllable xiong of 凶 in English
-    text = normalize_transcript("敬老院内七旬翁打死九旬室友凶手")
-    jobs = [("BAC009S0730W0484", text, mini_corpus.VOICES[2], tmp_path / "a.wav")]
-    with pytest.raises(ValueError, match=r"sentence BAC009S0730W0484: .*cmn\+m3.*partly as en"):
-        check_sentences(tts, jobs)
-    sentences = [mini_corpus.Sentence(f"BAC009S0730W{i:04d}", "S0730", i, "凶手" * i) for i in range(1, 5)]
-    sentences += [mini_corpus.Sentence(f"BAC009S0731W{i:04d}", "S0731", i, "你好" * i) for i in range(1, 5)]
-    with pytest.raises(ValueError, match=r"has 1 speakers with 2 consecutive sentences .* in Mandarin, 2 are needed"):
-        mini_corpus.choose_scripts({"S0730": sentences[:4], "S0731": sentences[4:]}, 2, 2, tts)
-    assert not list(tmp_path.iterdir())
+def test_audio_cut_short_is_refused_by_name(tmp_path):
+    wav = tmp_path / "BAC009S0724W0122.wav"
+    soundfile.write(wav, np.zeros(800, dtype=np.int16), 16000)  # 0.05 s for 8 characters
+    with pytest.raises(mini_corpus.SynthesisError, match=r"1 of 1 utterances .* BAC009S0724W0122"):
+        mini_corpus.check_durations([("BAC009S0724W0122", "广州市房地产中介", None, wav)])

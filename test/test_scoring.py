@@ -9,7 +9,15 @@ import subprocess
 import pytest
 
 from espnet_llm.scoring.alignment import count_errors
-from espnet_llm.scoring.cer import ErrorCounts, ScliteError, find_sclite, parse_sclite_counts, read_kaldi_text, score_cer
+from espnet_llm.scoring.cer import (
+    ErrorCounts,
+    ScliteError,
+    find_sclite,
+    parse_sclite_counts,
+    read_kaldi_text,
+    read_utterance_counts,
+    score_cer,
+)
 from espnet_llm.scoring.ner import score_ner
 from espnet_llm.scoring.results import read_epoch_stats, write_results
 
@@ -70,6 +78,22 @@ def test_sclite_and_fallback_agree(cer_case, tmp_path):
     sclite_out = (tmp_path / "sclite" / "result.txt").read_text(encoding="utf-8")
     avg = re.search(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|([^|]*)\|", sclite_out)
     assert by_fallback.counts.table_row("x") == "|x|" + "|".join([avg[1], avg[2]] + avg[3].split()) + "|"
+
+
+@pytest.mark.parametrize("backend", ["fallback", pytest.param("sclite", marks=needs_sclite)])
+def test_result_txt_has_every_reference_utterances_counts(cer_case, tmp_path, backend):
+    ref, hyp = cer_case
+    score_cer(ref, hyp, tmp_path / "score", backend=backend)
+    # u5 is missing (all deleted), u9 has no reference
+    assert read_utterance_counts(tmp_path / "score" / "result.txt") == {
+        "(s1-u1)": (4, 1, 0, 1), "(s1-u2)": (7, 0, 0, 1), "(s1-u3)": (0, 0, 6, 0), "(s2-u4)": (2, 0, 0, 0),
+        "(s2-u5)": (0, 0, 3, 0), "(s2-u6)": (3, 0, 1, 0), "(s2-u7)": (6, 1, 0, 0)}
+    # AISHELL's ids are upper case: sclite prints them lower-cased, and the fallback's are read so too
+    upper = write_lines(tmp_path / "upper_text", ["BAC009S0002W0122 你好"])
+    score_cer(upper, write_lines(tmp_path / "upper_hyp", ["BAC009S0002W0122 你"]), tmp_path / "upper_score",
+              backend=backend)
+    assert read_utterance_counts(tmp_path / "upper_score" / "result.txt") == {
+        "(bac009s0002w0122-bac009s0002w0122)": (1, 0, 1, 0)}
 
 
 @needs_sclite
@@ -163,6 +187,9 @@ def test_ner_empty_missing_and_malformed_hypotheses(tmp_path):
     assert r["micro"] == {"ref": 4, "hyp": 1, "correct": 1, "precision": 1.0, "recall": 0.25, "f1": 0.4}
     assert r["missing_hypotheses"] == ["u1"]
     assert sorted(r["malformed_hypotheses"]) == ["u2", "u3"]
+    per_utterance = json.loads((tmp_path / "score_ner" / "utterances.json").read_text(encoding="utf-8"))
+    assert per_utterance == {"u0": {"correct": 0, "hyp": 0, "ref": 1}, "u1": {"correct": 0, "hyp": 0, "ref": 1},
+                             "u2": {"correct": 0, "hyp": 0, "ref": 1}, "u3": {"correct": 1, "hyp": 1, "ref": 1}}
     assert error_totals(r)["omitted"] == 3
     # no hypothesis entities at all: precision is 0, not a division error
     r = ner(tmp_path, ["[张三]说"], [""])
@@ -172,6 +199,8 @@ def test_ner_empty_missing_and_malformed_hypotheses(tmp_path):
 def test_ner_malformed_reference_is_reported_and_left_out(tmp_path):
     r = ner(tmp_path, ["[张三说", "(北京)"], ["[张三]说", "(北京)"])
     assert r["utterances"] == 1 and r["micro"]["ref"] == 1
+    assert json.loads((tmp_path / "score_ner" / "utterances.json").read_text(encoding="utf-8")) == {
+        "u1": {"correct": 1, "hyp": 1, "ref": 1}}
     assert "ref_text_ner:1:" in r["malformed_references"]["u0"]
 
 

@@ -587,3 +587,28 @@ def test_decoding_sees_the_answer_parts_as_training_does(tiny_models, arch, beam
     else:  # transformers' beam score: the answer's log-probability over its length
         log_prob = logits.log_softmax(-1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
         assert score == pytest.approx(float(log_prob) / len(ids), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_ctc_loss_reads_the_current_transcript_on_the_current_speech_and_trains_the_adapter_side(tiny_models, arch):
+    args = model_args(tiny_models, arch, "ner")
+    args.model_conf = {**args.model_conf, "ctc_weight": 0.5}
+    torch.manual_seed(0)
+    model = SpeechLLMTask.build_model(args)
+    batch = batch_for(model, ROWS)
+    # the current utterance's plain transcript: no history transcript, no separator, no marked copy, no </s>
+    target = torch.tensor(model.layout.target_ids("北京欢迎你", "(北京)欢迎你", ["你好", "今天"]))
+    assert model.current_transcript(target).tolist() == model.layout.tokenizer.encode("北京欢迎你")
+    loss, stats, _ = model(**batch)
+    assert stats["loss_ctc"] > 0 and torch.isclose(loss, stats["loss"] + 0.5 * stats["loss_ctc"])
+    loss.backward()
+    assert model.ctc_head.weight.grad.abs().sum() > 0
+    # only the current segment's frames are read: the history's speech does not change the CTC loss
+    memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
+    targets = [batch["text"][b, :int(batch["text_lengths"][b])] for b in range(2)]
+    history = segments > 0
+    noisy = memory + 5 * torch.randn_like(memory) * history[..., None]
+    assert torch.isclose(model.ctc_loss(memory, lengths, segments, targets),
+                         model.ctc_loss(noisy, lengths, segments, targets))
+    assert not torch.isclose(model.ctc_loss(memory, lengths, segments, targets),
+                             model.ctc_loss(memory + 5 * torch.randn_like(memory), lengths, segments, targets))

@@ -3,7 +3,8 @@
     python -m espnet_llm.bin.score_ner --ref data/test/text_ner --hyp exp/.../decode_test/text_ner \
         --out_dir exp/.../decode_test/score_ner
 
-Writes result.txt (tables), result.json (counts) and errors.txt (one line per entity error).
+Writes result.txt (tables), result.json (counts), errors.txt (one line per entity error) and
+utterances.json (the counts of each utterance).
 """
 from __future__ import annotations
 

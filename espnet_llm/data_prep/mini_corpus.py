@@ -1,29 +1,29 @@
 """The bundled mini corpus: real AISHELL-NER sentences spoken in Mandarin by espeak-ng, in the AISHELL-1 layout.
 
-It lets the whole recipe run anywhere. The text is the shipped AISHELL-NER dev transcript
-(Apache-2.0, ``espnet_llm.resources``): scripts that are real runs of consecutive sentences of
-one AISHELL speaker, the richest in entities among the runs no longer than the median that
-espeak-ng reads wholly in Mandarin (it reads Latin letters, and a few syllables such as 凶 and
-穷, in English), one script per source speaker. Each speaker is voiced by one espeak-ng 1.52
-Mandarin variant (``mandarin_tts``) chosen by its speaker number, so the mapping is the same for
-every seed; speakers are picked round-robin over the voices and dev and test speakers are held
-out only where another speaker of the same voice stays in training.
+It lets the whole recipe run anywhere, and measures what AISHELL-1's test set measures: sentences and voices
+that training never had. The text is the shipped AISHELL-NER dev transcript (Apache-2.0,
+``espnet_llm.resources``), 40 AISHELL speakers' readings of news. The corpus keeps the sentences written
+wholly in its vocabulary, the ``vocabulary`` most frequent characters of the transcript (800: 89.5 % of its
+character tokens), that espeak-ng 1.52 reads wholly in Mandarin (it reads Latin letters, and a few syllables
+such as 凶 and 穷, in English). As in AISHELL-1, speakers are split between the sets:
 
-Training speakers read in groups of ``readers_per_script`` voices, each group one script, and
-each dev and test speaker reads a training script in a voice that never read it in training:
-the held-out sets measure whether a model hears which sentence is spoken by a voice it has not
-heard say it. Every reader reads its script in an order of its own (its W numbers follow its
-reading order), so a speaker's previous utterances are real context but do not tell which
-sentence comes next: a long-form model must listen to the current utterance. With 0.4 h of
-speech no model learns Mandarin for new sentences (on held-out text every system, the Conformer
-included, stayed near 100% CER), so the mini corpus checks that the recipe learns from speech;
-its figures say nothing about AISHELL-1. Every sentence's phonemes are checked before anything
-is written: a voice that leaves Mandarin for any part of a sentence is refused, naming it.
-Output, deterministic for a seed and libespeak-ng version::
+- ``num_dev_speakers`` and ``num_test_speakers`` AISHELL speakers, drawn by the seed, read
+  ``held_out_utts_per_speaker`` consecutive kept sentences in their own order (real news sentences, the
+  window of them with the most entities);
+- every other speaker reads all its kept sentences, in order, but none whose text a dev or test
+  sentence has: dev and test text never occurs in training (``training_overlap`` says so), and none read
+  before (AISHELL has some prompts twice).
+
+Each sentence is read once, with its real AISHELL id, so a speaker's previous utterances are the
+sentences before it in the same story. Every speaker has a voice of its own (an espeak-ng variant, pitch
+and rate); dev and test speakers speak with variants that no training speaker has. The transcript
+sentences that are neither dev, test nor training speech are the text on which stage 5 pretrains the
+tiny LLM (``lm_text``). Output, deterministic for a seed and libespeak-ng version::
 
     <output_dir>/data_aishell/wav/{train,dev,test}/<SPK>/<uttid>.wav     16 kHz mono 16-bit
     <output_dir>/data_aishell/transcript/aishell_transcript_v0.8.txt     word-spaced like AISHELL-1
     <output_dir>/aishell_ner/aishell_ner_transcript.{train,dev,test}.txt (+ LICENSE, README.md)
+    <output_dir>/lm_text.txt                                             the other sentences, one a line
 
     python -m espnet_llm.data_prep.mini_corpus --output_dir downloads/mini_aishell --seed 0 --nj 2
 """
@@ -37,37 +37,41 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
-from itertools import zip_longest
 from pathlib import Path
 
-from espnet_llm.data_prep.mandarin_tts import LanguageSwitchError, MandarinSpeaker, Voice
+import soundfile
+
+from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker, Voice
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked
 
-BUILD_VERSION = 4  # bump when the output for a given configuration changes
+BUILD_VERSION = 5  # bump when the output for a given configuration changes
 SAMPLE_RATE = 16000
 SETS = ("train", "dev", "test")
+# espeak-ng's Mandarin is 0.2-0.3 s a character at the rates below; a wav under this is cut short
+MIN_SECONDS_PER_CHARACTER = 0.1
 
-
-# A few espeak-ng Mandarin variants standing for speakers (speaker S<n> gets VOICES[n % len(VOICES)]).
-VOICES = (
-    Voice("cmn", 50, 220),
-    Voice("cmn+f2", 65, 210),
-    Voice("cmn+m3", 35, 230),
-    Voice("cmn+f4", 75, 200),
-)
+# espeak-ng variants (voices/!v) that speak Mandarin like a person: training speakers take these ...
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "adam", "anika",
+                  "aunty", "belinda", "benjamin", "david", "ed", "edward", "grandpa", "ian", "john", "linda", "max",
+                  "michel", "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac", "norbert")
+# ... and dev and test speakers these, so that no held-out voice is heard in training
+HELD_OUT_VARIANTS = ("Andy", "Annie", "Alicia", "Lee", "shelby", "grandma", "iven", "kaukovalta")
+PITCHES = (30, 40, 50, 60, 70)
+RATES = (190, 205, 220, 235)
 
 
 @dataclass(frozen=True)
 class MiniCorpusConfig:
     seed: int = 0
-    num_speakers: int = 16
-    utts_per_speaker: int = 30
+    vocabulary: int = 800  # the most frequent characters of the transcript; kept sentences use only these
     num_dev_speakers: int = 2
     num_test_speakers: int = 2
-    readers_per_script: int = 3  # training speakers that read the same sentences, in different voices
+    held_out_utts_per_speaker: int = 50
+    num_train_speakers: int = 0  # 0: every other speaker of the transcript (36)
+    max_train_utts_per_speaker: int = 0  # 0: all kept sentences of each training speaker
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,7 @@ class MissingToolError(RuntimeError):
 
 
 class SynthesisError(RuntimeError):
-    """sox failed on one utterance."""
-
-
-def speaker_voice(speaker: str) -> Voice:
-    return VOICES[int(speaker[1:]) % len(VOICES)]
+    """sox failed on one utterance, or its audio came out shorter than its text can be read."""
 
 
 def read_sentences(path: Path = AISHELL_NER_DEV_TRANSCRIPT) -> dict[str, list[Sentence]]:
@@ -100,84 +100,118 @@ def read_sentences(path: Path = AISHELL_NER_DEV_TRANSCRIPT) -> dict[str, list[Se
             by_speaker[uttid[6:11]].append(Sentence(uttid, uttid[6:11], int(uttid[12:]), marked.strip()))
     for sentences in by_speaker.values():
         sentences.sort(key=lambda s: s.index)
-    return by_speaker
-
-
-def choose_speakers(speakers: list[str], config: MiniCorpusConfig, rng: random.Random) -> dict[str, list[str]]:
-    """Pick speakers round-robin over the voices, then hold out dev and test speakers from the last picks
-    whose voice another (training) speaker still has."""
-    pools = [[s for s in sorted(speakers) if speaker_voice(s) == voice] for voice in VOICES]
-    for pool in pools:
-        rng.shuffle(pool)
-    picked = []
-    for i in range(config.num_speakers):
-        pool = pools[i % len(pools)]
-        if i // len(pools) >= len(pool):
-            raise ValueError(f"num_speakers={config.num_speakers} is more than the transcript offers per voice")
-        picked.append(pool[i // len(pools)])
-    held_out_count = config.num_dev_speakers + config.num_test_speakers
-    held_out: list[str] = []
-    for speaker in reversed(picked):
-        if len(held_out) == held_out_count:
-            break
-        remaining = [s for s in picked if s != speaker and s not in held_out]
-        if speaker_voice(speaker) in {speaker_voice(s) for s in remaining}:
-            held_out.append(speaker)
-    if len(held_out) < held_out_count:
-        raise ValueError(
-            f"num_speakers={config.num_speakers} is too few to hold out {held_out_count} dev/test speakers "
-            f"whose voices are also in training ({len(VOICES)} voices)"
-        )
-    return {
-        "train": sorted(s for s in picked if s not in held_out),
-        "dev": sorted(held_out[:config.num_dev_speakers]),
-        "test": sorted(held_out[config.num_dev_speakers:]),
-    }
+    return dict(by_speaker)
 
 
 def spoken_text(sentence: Sentence) -> str:
     return normalize_transcript(parse_marked(sentence.marked)[0])
 
 
-def choose_scripts(by_speaker: dict[str, list[Sentence]], count: int, length: int,
-                   tts: MandarinSpeaker) -> list[list[Sentence]]:
-    """`count` runs of `length` consecutive sentences, of different source speakers, that espeak-ng reads in
-    Mandarin: the richest in entities among the runs no longer (in characters) than the median run, so that
-    the held-out sets, which read these scripts, hold enough entities for NER F1 to mean something."""
-    runs = [sentences[i:i + length] for sentences in by_speaker.values() for i in range(len(sentences) - length + 1)
-            if sentences[i + length - 1].index - sentences[i].index == length - 1]
-    chars = [sum(len(s.marked) for s in run) for run in runs]
-    median = sorted(chars)[len(chars) // 2] if chars else 0
-    entities = {s.uttid: len(parse_marked(s.marked)[1]) for sentences in by_speaker.values() for s in sentences}
-    short = [run for run, n in zip(runs, chars) if n <= median]
-    ranked = sorted(short, key=lambda run: (-sum(entities[s.uttid] for s in run), run[0].uttid))
-    foreign: dict[str, bool] = {}  # checked lazily: most sentences are never candidates
-
-    def in_mandarin(sentence: Sentence) -> bool:
-        if sentence.uttid not in foreign:
-            foreign[sentence.uttid] = bool(tts.other_languages(spoken_text(sentence), VOICES[0]))
-        return not foreign[sentence.uttid]
-
-    chosen: list[list[Sentence]] = []
-    used: set[str] = set()
-    for run in ranked:
-        if len(chosen) == count:
-            break
-        if run[0].speaker not in used and all(in_mandarin(s) for s in run):
-            chosen.append(run)
-            used.add(run[0].speaker)
-    if len(chosen) < count:
-        raise ValueError(f"the transcript has {len(chosen)} speakers with {length} consecutive sentences that "
-                         f"libespeak-ng {tts.version} reads in Mandarin, {count} are needed: lower "
-                         f"utts_per_speaker or the number of scripts")
-    return chosen
+def vocabulary(by_speaker: dict[str, list[Sentence]], size: int) -> set[str]:
+    counts = Counter(c for sentences in by_speaker.values() for s in sentences for c in spoken_text(s))
+    return {c for c, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]}
 
 
-def reading_order(speaker: str, script: list[Sentence], rng: random.Random) -> list[Sentence]:
-    """The script as one speaker reads it: in an order of its own, numbered (W) in that order."""
-    order = rng.sample(script, len(script))
-    first = script[0].index
-    return [Sentence(f"BAC009{speaker}W{first + k:04d}", speaker, first + k, s.marked) for k, s in enumerate(order)]
+def voices(speakers: list[str], variants: tuple[str, ...], rng: random.Random) -> dict[str, Voice]:
+    """A voice of its own for each speaker: variants in turn, pitch and rate drawn."""
+    order = rng.sample(variants, len(variants))
+    return {spk: Voice(f"cmn+{order[i % len(order)]}", rng.choice(PITCHES), rng.choice(RATES))
+            for i, spk in enumerate(speakers)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    sentences: dict[str, list[Sentence]]  # set -> sentences read, in id order
+    voice: dict[str, Voice]  # speaker -> voice
+    lm_text: list[str]  # transcript sentences (plain) that are neither speech nor held out
+    refused: dict[str, int]  # why candidate sentences were left out -> count
+
+
+def plan_corpus(config: MiniCorpusConfig, in_mandarin) -> Plan:
+    """Which speaker reads which sentence in which voice. ``in_mandarin(list of (text, voice))`` says, for each,
+    whether espeak-ng reads it wholly in Mandarin (it runs in a child process: see ``check_mandarin``)."""
+    rng = random.Random(config.seed)
+    by_speaker = read_sentences()
+    vocab = vocabulary(by_speaker, config.vocabulary)
+    speakers = sorted(by_speaker)
+    rng.shuffle(speakers)
+    held_out_count = config.num_dev_speakers + config.num_test_speakers
+    train_speakers = speakers[held_out_count:]
+    if config.num_train_speakers:
+        train_speakers = train_speakers[:config.num_train_speakers]
+    split = {"dev": sorted(speakers[:config.num_dev_speakers]),
+             "test": sorted(speakers[config.num_dev_speakers:held_out_count]),
+             "train": sorted(train_speakers)}
+    if held_out_count >= len(speakers) or not split["train"]:
+        raise ValueError(f"the transcript has {len(speakers)} speakers: too few to hold out {held_out_count}")
+    if max(config.num_dev_speakers, config.num_test_speakers) > len(HELD_OUT_VARIANTS):
+        raise ValueError(f"at most {len(HELD_OUT_VARIANTS)} dev or test speakers: one held-out voice variant each")
+    voice = voices(split["train"], TRAIN_VARIANTS, rng)
+    held_out_variants = rng.sample(HELD_OUT_VARIANTS, len(HELD_OUT_VARIANTS))
+    for subset in ("dev", "test"):  # dev and test speakers do not share a variant either
+        voice.update(voices(split[subset], tuple(held_out_variants[:len(split[subset])]), rng))
+        held_out_variants = held_out_variants[len(split[subset]):]
+
+    candidates = [s for subset in SETS for spk in split[subset] for s in by_speaker[spk]
+                  if set(spoken_text(s)) <= vocab]
+    refused = Counter({"outside the vocabulary": sum(len(by_speaker[spk]) for subset in SETS for spk in split[subset])
+                       - len(candidates)})
+    mandarin = in_mandarin([(spoken_text(s), voice[s.speaker]) for s in candidates])
+    readable = defaultdict(list)
+    for sentence, ok in zip(candidates, mandarin):
+        if ok:
+            readable[sentence.speaker].append(sentence)
+        else:
+            refused["read partly in another language"] += 1
+
+    chosen: dict[str, list[Sentence]] = {}
+    for subset in ("dev", "test"):
+        chosen[subset] = []
+        for spk in split[subset]:
+            if len(readable[spk]) < config.held_out_utts_per_speaker:
+                raise ValueError(f"speaker {spk} has {len(readable[spk])} sentences in the vocabulary that espeak-ng "
+                                 f"reads in Mandarin, {config.held_out_utts_per_speaker} are needed")
+            chosen[subset] += richest_window(readable[spk], config.held_out_utts_per_speaker)
+    held_out_text = {spoken_text(s) for subset in ("dev", "test") for s in chosen[subset]}
+    chosen["train"] = []
+    read = set()  # AISHELL has some prompts twice: each sentence is read once, where it first comes
+    for spk in split["train"]:
+        kept = [s for s in readable[spk] if spoken_text(s) not in held_out_text]
+        refused["its text is a dev or test sentence"] += len(readable[spk]) - len(kept)
+        once = []
+        for s in kept:
+            if spoken_text(s) in read:
+                refused["read before"] += 1
+            elif len(once) < (config.max_train_utts_per_speaker or len(kept)):
+                once.append(s)
+                read.add(spoken_text(s))
+        chosen["train"] += once
+    speech_text = held_out_text | {spoken_text(s) for s in chosen["train"]}
+    lm_text = sorted({spoken_text(s) for sentences in by_speaker.values() for s in sentences} - speech_text)
+    return Plan(chosen, voice, lm_text, dict(refused))
+
+
+def richest_window(sentences: list[Sentence], length: int) -> list[Sentence]:
+    """The ``length`` consecutive sentences with the most entities (the first such): NER F1 on a held-out set
+    needs entities, and AISHELL-NER's are unevenly spread (a random 80 sentences held 9)."""
+    entities = [len(parse_marked(s.marked)[1]) for s in sentences]
+    start = max(range(len(sentences) - length + 1), key=lambda i: (sum(entities[i:i + length]), -i))
+    return sentences[start:start + length]
+
+
+def training_overlap(plan_or_dir) -> dict[str, set[str]]:
+    """Dev and test sentences (plain text) that training speech or the LM text also holds: empty by construction."""
+    sentences = plan_or_dir.sentences if isinstance(plan_or_dir, Plan) else {
+        subset: [Sentence(uttid, uttid[6:11], int(uttid[12:]), marked) for uttid, marked in
+                 (line.split(maxsplit=1) for line in (Path(plan_or_dir) / "aishell_ner" /
+                  f"aishell_ner_transcript.{subset}.txt").read_text(encoding="utf-8").splitlines())]
+        for subset in SETS}
+    seen = {spoken_text(s) for s in sentences["train"]}
+    if not isinstance(plan_or_dir, Plan):
+        seen |= set((Path(plan_or_dir) / "lm_text.txt").read_text(encoding="utf-8").splitlines())
+    else:
+        seen |= set(plan_or_dir.lm_text)
+    return {subset: {spoken_text(s) for s in sentences[subset]} & seen for subset in ("dev", "test")}
 
 
 def word_spaced(marked: str, rng: random.Random) -> str:
@@ -202,21 +236,31 @@ def check_tools() -> None:
         raise MissingToolError("the mini corpus needs sox: run tools/setup.sh (or apt-get install -y sox)")
 
 
-_TTS: MandarinSpeaker | None = None  # the builder's, inherited by each forked process that speaks
+def _in_mandarin(jobs: list[tuple[str, Voice]]) -> list[bool]:
+    tts = MandarinSpeaker()
+    return [not tts.other_languages(text, voice) for text, voice in jobs]
+
+
+def check_mandarin(jobs: list[tuple[str, Voice]]) -> list[bool]:
+    """Whether each voice reads its text wholly in Mandarin, asked in a child process: a process that has made
+    thousands of phoneme calls writes truncated audio in the children it forks, with no error."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_in_mandarin, (jobs,))
 
 
 def speak_to_wav(job: tuple[str, str, Voice, Path]) -> None:
     _, text, voice, wav_path = job
-    resample(_TTS.speak(text, voice), _TTS.sample_rate, wav_path)
+    tts = MandarinSpeaker()
+    resample(tts.speak(text, voice), tts.sample_rate, wav_path)
 
 
-def check_sentences(tts: MandarinSpeaker, jobs: list[tuple[str, str, Voice, Path]]) -> None:
-    """Every sentence must be read in Mandarin by its voice; the first that is not is named."""
-    for uttid, text, voice, _ in jobs:
-        try:
-            tts.check_mandarin(text, voice)
-        except LanguageSwitchError as error:
-            raise ValueError(f"sentence {uttid}: {error} (libespeak-ng {tts.version})") from None
+def check_durations(jobs: list[tuple[str, str, Voice, Path]]) -> None:
+    """Every wav must last as long as its text takes to read: libespeak-ng can cut audio short without an error."""
+    short = [(uttid, wav_path) for uttid, text, _, wav_path in jobs
+             if soundfile.info(str(wav_path)).duration < MIN_SECONDS_PER_CHARACTER * len(text)]
+    if short:
+        raise SynthesisError(f"{len(short)} of {len(jobs)} utterances came out shorter than "
+                             f"{MIN_SECONDS_PER_CHARACTER} s a character, the first {short[0][0]} ({short[0][1]})")
 
 
 def resample(samples, sample_rate: int, wav_path: Path) -> None:
@@ -242,51 +286,20 @@ def is_built(output_dir: Path, config: MiniCorpusConfig) -> bool:
     return stamp.exists() and stamp.read_text() == stamp_content(config, "complete")
 
 
-def select_sentences(config: MiniCorpusConfig, tts: MandarinSpeaker) -> dict[str, list[Sentence]]:
-    """The sentences of each set. Training speakers read in groups of ``readers_per_script`` (of different
-    voices), each group one script; each dev and test speaker reads the script of a group with no speaker of
-    its voice. Every speaker reads in its own order, with its own ids."""
-    rng = random.Random(config.seed)
-    by_speaker = read_sentences()
-    split = choose_speakers(list(by_speaker), config, rng)
-    # voices interleaved, so that a group's readers have different voices
-    by_voice = [[spk for spk in split["train"] if speaker_voice(spk) == voice] for voice in VOICES]
-    train = [spk for rank in zip_longest(*by_voice) for spk in rank if spk]
-    groups = [train[i:i + config.readers_per_script] for i in range(0, len(train), config.readers_per_script)]
-    scripts = choose_scripts(by_speaker, len(groups), config.utts_per_speaker, tts)
-    chosen = {"train": [s for group, script in zip(groups, scripts) for spk in group
-                        for s in reading_order(spk, script, rng)]}
-    order = rng.sample(range(len(groups)), len(groups))  # spread the held-out speakers over the scripts
-    for subset in ("dev", "test"):
-        chosen[subset] = []
-        for speaker in split[subset]:
-            # a script read in training in this very voice would be the same audio: never that one
-            fits = [g for g in order if speaker_voice(speaker) not in {speaker_voice(t) for t in groups[g]}]
-            if not fits:
-                raise ValueError(f"every script is read in training in the voice of {speaker}: "
-                                 f"lower readers_per_script ({config.readers_per_script}) or add speakers")
-            order.remove(fits[0])
-            order.append(fits[0])
-            chosen[subset] += reading_order(speaker, scripts[fits[0]], rng)
-    return chosen
-
-
-def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusConfig(), nj: int = 2) -> dict[str, int]:
-    """Build (or rebuild) the corpus; returns utterances per set. Every sentence is checked before
-    anything in ``output_dir`` changes."""
+def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusConfig(), nj: int = 2) -> Plan:
+    """Build (or rebuild) the corpus. Every sentence is checked before anything in ``output_dir`` changes."""
     check_tools()
     tts = MandarinSpeaker()
-    chosen = select_sentences(config, tts)
+    plan = plan_corpus(config, check_mandarin)
     output_dir = Path(output_dir)
     corpus_dir, ner_dir = output_dir / "data_aishell", output_dir / "aishell_ner"
     spacing_rng = random.Random(config.seed)
     transcript_lines, jobs = [], []
-    for subset, sentences in chosen.items():
+    for subset, sentences in plan.sentences.items():
         for s in sentences:
             transcript_lines.append(f"{s.uttid} {word_spaced(s.marked, spacing_rng)}")
             wav_path = corpus_dir / "wav" / subset / s.speaker / f"{s.uttid}.wav"
-            jobs.append((s.uttid, spoken_text(s), speaker_voice(s.speaker), wav_path))
-    check_sentences(tts, jobs)
+            jobs.append((s.uttid, spoken_text(s), plan.voice[s.speaker], wav_path))
 
     if corpus_dir.exists() or ner_dir.exists():
         if not stamp_path(output_dir).exists():
@@ -299,7 +312,7 @@ def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusCon
     (corpus_dir / "transcript" / "aishell_transcript_v0.8.txt").write_text(
         "".join(line + "\n" for line in sorted(transcript_lines)), encoding="utf-8")
     ner_dir.mkdir(parents=True)
-    for subset, sentences in chosen.items():
+    for subset, sentences in plan.sentences.items():
         (ner_dir / f"aishell_ner_transcript.{subset}.txt").write_text(
             "".join(f"{s.uttid} {s.marked}\n" for s in sorted(sentences, key=lambda s: s.uttid)), encoding="utf-8")
     shutil.copy(AISHELL_NER_DEV_TRANSCRIPT.parent / "LICENSE", ner_dir / "LICENSE")
@@ -307,20 +320,22 @@ def build_mini_corpus(output_dir: Path, config: MiniCorpusConfig = MiniCorpusCon
         "Sentences and entity marks from the AISHELL-NER dev transcript (Chen et al., ICASSP 2022),\n"
         f"Apache License 2.0 (LICENSE); audio spoken by libespeak-ng {tts.version} for the espnet_llm mini corpus.\n",
         encoding="utf-8")
+    (output_dir / "lm_text.txt").write_text("".join(t + "\n" for t in plan.lm_text), encoding="utf-8")
 
     start = time.time()
-    print(f"speaking {len(jobs)} utterances with libespeak-ng {tts.version} in {nj} jobs", flush=True)
+    print(f"speaking {len(jobs)} utterances with libespeak-ng {tts.version} in {nj} jobs "
+          f"(left out of the transcript's other sentences: "
+          + ", ".join(f"{n} {why}" for why, n in sorted(plan.refused.items())) + ")", flush=True)
     for job in jobs:
         job[-1].parent.mkdir(parents=True, exist_ok=True)
     # One forked process per utterance: libespeak-ng carries synthesis state from one utterance to the next
-    global _TTS
-    _TTS = tts
     with multiprocessing.get_context("fork").Pool(max(1, nj), maxtasksperchild=1) as pool:
-        for done, _ in enumerate(pool.imap_unordered(speak_to_wav, jobs), 1):
-            if done % 100 == 0 or done == len(jobs):
+        for done, _ in enumerate(pool.imap_unordered(speak_to_wav, jobs, chunksize=1), 1):
+            if done % 500 == 0 or done == len(jobs):
                 print(f"  {done}/{len(jobs)} utterances ({done / (time.time() - start):.0f}/s)", flush=True)
+    check_durations(jobs)
     stamp_path(output_dir).write_text(stamp_content(config, "complete"))
-    return {subset: len(sentences) for subset, sentences in chosen.items()}
+    return plan
 
 
 def corpus_hours(output_dir: Path) -> float:
@@ -343,12 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.time()
     try:
-        counts = build_mini_corpus(args.output_dir, config, args.nj)
+        plan = build_mini_corpus(args.output_dir, config, args.nj)
     except (RuntimeError, FileExistsError, ValueError) as error:  # MissingEspeakError is a RuntimeError
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    print(f"mini corpus in {args.output_dir}: " + ", ".join(f"{subset} {n}" for subset, n in counts.items())
-          + f" utterances, {config.num_speakers} speakers, {corpus_hours(args.output_dir):.2f} h, "
+    print(f"mini corpus in {args.output_dir}: " + ", ".join(f"{subset} {len(s)}" for subset, s in plan.sentences.items())
+          + f" utterances ({', '.join(f'{subset} {len({s.speaker for s in plan.sentences[subset]})}' for subset in SETS)}"
+          f" speakers), {corpus_hours(args.output_dir):.2f} h, {len(plan.lm_text)} other sentences for the LM, "
           f"built in {time.time() - start:.0f} s")
     return 0
 

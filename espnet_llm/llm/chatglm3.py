@@ -359,6 +359,31 @@ def load_chatglm3(path, dtype: torch.dtype = torch.float32) -> GlmForCausalLM:
     return model.eval()
 
 
+def save_into_chatglm3(model: GlmForCausalLM, path) -> None:
+    """Write a model's weights back into the official-layout checkpoint at ``path`` that it was loaded from.
+
+    The conversion's own mapping is run again on each official tensor and its GLM parts (renamed, or q/k/v
+    rows split) are joined back in that order, so the two directions cannot drift apart. Shards, names,
+    dtypes and the index stay as they were; inv_freq, which GLM recomputes, is kept.
+    """
+    path = Path(path)
+    glm_config = glm_config_from_chatglm3(read_official_config(path))
+    state = model.state_dict()
+    report = ConversionReport()
+    for shard in checkpoint_shards(path):
+        tensors = {}
+        for name, tensor in _shard_tensors(shard):
+            parts = _map_tensor(name, tensor, glm_config, report, str(shard))
+            tensors[name] = torch.cat([state[glm_name] for glm_name, _ in parts]).to(tensor.dtype) if parts else tensor
+        partial = shard.with_name(shard.name + ".partial")  # a crash mid-write leaves the old shard whole
+        if shard.suffix == ".safetensors":
+            save_file(tensors, partial, metadata={"format": "pt"})
+        else:
+            torch.save(tensors, partial)
+        partial.replace(shard)
+        del tensors
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -40,6 +40,7 @@ class SpeechLLM(AbsESPnetModel):
         save_trainable_only: bool = True,
         extract_feats_in_collect_stats: bool = False,  # nothing to normalise: collect_stats only counts lengths
         max_segments: int = 8,  # part embeddings learned; older history segments share the last one
+        ctc_weight: float = 0.0,
     ):
         super().__init__()
         self.speech_encoder = speech_encoder
@@ -67,6 +68,13 @@ class SpeechLLM(AbsESPnetModel):
         nn.init.zeros_(self.segment_embedding.weight[0])
         for p in self.speech_encoder.parameters():
             p.requires_grad_(False)  # Whisper stays frozen in every phase
+        # Beyond the paper (its configs leave it at 0): a CTC loss of the current utterance's transcript on its
+        # speech memory (after the adapter), weighted into the loss. It tells the adapter which sounds are which
+        # characters from the first step, where the LLM's cross-entropy must find the alignment first.
+        self.ctc_weight = ctc_weight
+        if ctc_weight > 0:
+            memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
+            self.ctc_head = nn.Linear(memory_size, llm.config.vocab_size)
 
     # ---------------------------------------------------------------- speech
     def encode_speech(self, speech, speech_lengths, segment_lengths=None):
@@ -140,6 +148,10 @@ class SpeechLLM(AbsESPnetModel):
         targets = [text[b, : int(text_lengths[b])] for b in range(len(keep))]
         loss, acc, acc_current = self.target_loss(memory, memory_lengths, memory_segments, targets)
         stats = {"loss": loss.detach(), "acc": acc, "acc_current": acc_current}
+        if self.ctc_weight > 0:
+            ctc = self.ctc_loss(memory, memory_lengths, memory_segments, targets)
+            stats["loss_ctc"] = ctc.detach()
+            loss = loss + self.ctc_weight * ctc
         if not self.training and self.measure_speech_reliance:
             stats.update(self.speech_reliance(loss, memory, memory_lengths, memory_segments, targets))
         return force_gatherable((loss, stats, torch.tensor(len(keep))), loss.device)
@@ -158,6 +170,26 @@ class SpeechLLM(AbsESPnetModel):
         correct = (logits.argmax(-1) == gold).float()
         current = self.current_utterance_mask(labels)[scored]
         return loss, correct.mean().detach(), correct[current].mean().detach()
+
+    def ctc_loss(self, memory, memory_lengths, memory_segments, targets) -> torch.Tensor:
+        """CTC (blank: id 0, ChatGLM3's <unk>, which byte fallback never writes) of each row's current transcript
+        on the current utterance's frames of the memory, per target token."""
+        frames, transcripts = [], []
+        for b, n in enumerate(memory_lengths.tolist()):
+            frames.append(memory[b, :n][memory_segments[b, :n] == 0])
+            transcripts.append(self.current_transcript(targets[b]))
+        log_probs = self.ctc_head(pad_sequence(frames, batch_first=True)).float().log_softmax(-1)
+        loss = nn.functional.ctc_loss(
+            log_probs.transpose(0, 1), torch.cat(transcripts), torch.tensor([len(f) for f in frames]),
+            torch.tensor([len(t) for t in transcripts]), blank=0, reduction="sum", zero_infinity=True)
+        return loss / max(1, sum(len(t) for t in transcripts))
+
+    def current_transcript(self, target: torch.Tensor) -> torch.Tensor:
+        """The current utterance's plain transcript in a target: after the last separator, before <|ner|> or </s>."""
+        seps = (target == self.layout.sep_id).nonzero().flatten()
+        current = target[int(seps[-1]) + 1:] if len(seps) else target
+        ends = ((current == self.layout.ner_id) | (current == self.layout.eos_id)).nonzero().flatten()
+        return current[:int(ends[0])] if len(ends) else current
 
     def answer_parts(self, target: torch.Tensor) -> torch.Tensor:
         """(T,) the answer part each target token, as an input, predicts the next token of: K (the first history

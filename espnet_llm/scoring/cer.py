@@ -172,6 +172,19 @@ def parse_sclite_counts(result_txt: str) -> ErrorCounts:
     return ErrorCounts(snt, wrd, corr, sub, dele, ins, serr)
 
 
+_UTTERANCE_SCORES = re.compile(r"^id: (\(.*\))\nScores: \(#C #S #D #I\) (\d+) (\d+) (\d+) (\d+)[ \t]*$", re.M)
+
+
+def read_utterance_counts(result_txt: str | Path) -> dict[str, tuple[int, int, int, int]]:
+    """trn id -> (correct, substitutions, deletions, insertions) of every utterance of a ``result.txt``.
+
+    sclite's alignment dump (``-o all``) and the fallback's report write the same ``id:`` and ``Scores:`` lines,
+    so one reader serves both backends. Ids are lower-cased because sclite prints them so: the two backends'
+    ids then agree."""
+    text = Path(result_txt).read_text(encoding="utf-8")
+    return {m[1].lower(): (int(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in _UTTERANCE_SCORES.finditer(text)}
+
+
 def run_sclite(sclite: str, ref_trn: Path, hyp_trn: Path, result_txt: Path) -> ErrorCounts:
     cmd = [sclite, "-r", str(ref_trn), "trn", "-h", str(hyp_trn), "trn", "-i", "rm", "-o", "all", "stdout"]
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")

@@ -196,7 +196,9 @@ def _entity_str(e: Entity | None) -> str:
 
 
 def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str | Path) -> NerResult:
-    """Score marked hypotheses against marked references; write result.txt, result.json, errors.txt."""
+    """Score marked hypotheses against marked references; write result.txt, result.json, errors.txt and
+    utterances.json (each scored utterance's correct, hypothesis and reference entities: what a paired
+    bootstrap resamples)."""
     ref_path, hyp_path, out_dir = Path(ref_text_ner), Path(hyp_text_ner), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs, hyps = read_numbered_text(ref_path), read_numbered_text(hyp_path)
@@ -207,6 +209,7 @@ def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str |
     missing = [u for u in refs if u not in hyps]
     extra = [u for u in hyps if u not in refs]
     n_scored = 0
+    per_utterance = {}
     with open(out_dir / "errors.txt", "w", encoding="utf-8") as err_out:
         err_out.write("# uttid\terror\treference\thypothesis\n")
         for uttid in sorted(refs):
@@ -223,6 +226,7 @@ def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str |
                 malformed_hyp[uttid] = problems
             score = score_utterance(ref_plain, ref_entities, hyp_plain, hyp_entities)
             counts.add(ref_entities, hyp_entities, score)
+            per_utterance[uttid] = {"correct": len(score.correct), "hyp": len(hyp_entities), "ref": len(ref_entities)}
             n_scored += 1
             for err in score.errors:
                 err_out.write(f"{uttid}\t{err.kind}\t{_entity_str(err.ref)}\t{_entity_str(err.hyp)}\n")
@@ -237,6 +241,8 @@ def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str |
     result = NerResult(counts, n_scored, malformed_hyp, missing, extra, malformed_ref)
     with open(out_dir / "result.json", "w", encoding="utf-8") as f:
         json.dump(result.to_json(), f, ensure_ascii=False, indent=1)
+    with open(out_dir / "utterances.json", "w", encoding="utf-8") as f:
+        json.dump(per_utterance, f, ensure_ascii=False)
     summary = [
         f"reference: {ref_path}", f"hypothesis: {hyp_path}",
         f"utterances scored: {n_scored}; missing hypotheses: {len(missing)}; "

@@ -14,16 +14,20 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
         speech_attention.json                  optional, decoder-only systems: {"num_history": K, "share": [...]},
                                                the per-layer attention share on speech (Figure 2b)
         decode_<set>/                          decoding of data/<set>: text, text_ner
-            score_cer/result.json, result.txt  espnet_llm.bin.score_cer
-            score_ner/result.json, result.txt  espnet_llm.bin.score_ner
+            score_cer/result.json, result.txt  espnet_llm.bin.score_cer (result.txt: each utterance's counts)
+            score_ner/result.json, result.txt, espnet_llm.bin.score_ner
+                      utterances.json
             **/parse_repairs.json              speech LLMs: what the output parser repaired, by kind, of each
                                                decoding job (run.sh: logdir/output.<n>/), summed
+        decode_<set>_other_speech/score_cer/   optional, a control: <set> decoded with each utterance given another
+                                               utterance's speech, scored the same way; not a set of its own
 
 A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
 phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
 short, long, cot, then by name, then a history sweep's runs by phase and K; sets dev, test, then by name. The runs of a history sweep (run.sh
 --history_sweep: ``long_k<K>``, ``cot_k<K>``) have a table and a plot against K of their own.
-Plots go to ``<RESULTS.md's directory>/results_images/``.
+Plots go to ``<RESULTS.md's directory>/results_images/``. The recipe directory (``<expdir>/..``) holds
+``data/train/text``, the training sentences that the controls compare each hypothesis with.
 """
 from __future__ import annotations
 
@@ -42,7 +46,9 @@ from pathlib import Path
 import yaml
 
 from espnet_llm.models.prompts import PROBLEM_KINDS
-from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult
+from espnet_llm.scoring.bootstrap import RESAMPLES, SEED
+from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult, cer_tokens, read_kaldi_text
+from espnet_llm.scoring.claims import claim_rows, claims_table
 from espnet_llm.scoring.ner import error_table, prf_table
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 PHASE_ORDER = ("short", "long", "cot")
 SWEEP_RUN = re.compile(r"^(long|cot)_k(\d+)$")  # a history sweep's run: its phase and K
 SET_ORDER = ("dev", "test")
+OTHER_SPEECH = "_other_speech"  # decode_<set>_other_speech: the control decoding of <set>, not a set of its own
+TRAIN_TEXT = Path("data") / "train" / "text"  # in the recipe directory: run.sh's train_set
 PLOT_DIR_NAME = "results_images"
 
 
@@ -62,6 +70,7 @@ class Run:
     cer: dict[str, CerResult] = field(default_factory=dict)  # set -> result
     ner: dict[str, dict] = field(default_factory=dict)  # set -> score_ner's result.json
     repairs: dict[str, dict] = field(default_factory=dict)  # set -> parse_repairs.json summed over the jobs
+    other_speech: dict[str, CerResult] = field(default_factory=dict)  # set -> its decode_<set>_other_speech CER
 
     @property
     def name(self) -> str:
@@ -91,12 +100,16 @@ def find_runs(expdir: Path) -> list[Run]:
             continue
         run = runs.setdefault(run_dir, Run(rel[0], rel[1] if len(rel) == 2 else "-", run_dir))
         data_set = decode_dir.name[len("decode_"):]
+        with open(score_json, encoding="utf-8") as f:
+            data = json.load(f)
+        if data_set.endswith(OTHER_SPEECH):  # only its CER is read, for the controls
+            if score_json.parent.name == "score_cer":
+                run.other_speech[data_set[:-len(OTHER_SPEECH)]] = CerResult.from_json(data)
+            continue
         if data_set not in run.repairs:
             repairs = read_parse_repairs(decode_dir)
             if repairs:
                 run.repairs[data_set] = repairs
-        with open(score_json, encoding="utf-8") as f:
-            data = json.load(f)
         if score_json.parent.name == "score_cer":
             run.cer[data_set] = CerResult.from_json(data)
         elif score_json.parent.name == "score_ner":
@@ -284,6 +297,12 @@ def read_gates(run: Run) -> dict | None:
     return values
 
 
+def read_speech_attention(run: Run) -> dict | None:
+    """A decoder-only run's speech_attention.json (bin/speech_attention.py); None without."""
+    path = run.path / "speech_attention.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def figure2(runs: list[Run], out: Path, plot_dir: Path) -> list[str]:
     """RESULTS.md's Figure 2 section: (a) the gate values of every run that has them, (b) the decoder-only runs'
     attention share on speech, each a table and one plot."""
@@ -292,8 +311,7 @@ def figure2(runs: list[Run], out: Path, plot_dir: Path) -> list[str]:
     for run in runs:
         if (data := read_gates(run)) is not None:
             gates[run.name] = (data["layers"], data["gates"])
-        if (run.path / "speech_attention.json").exists():
-            data = json.loads((run.path / "speech_attention.json").read_text(encoding="utf-8"))
+        if (data := read_speech_attention(run)) is not None:
             shares[f"{run.name} (K={data['num_history']}, {data['set']})"] = (data["layers"], data["share"])
     if gates:
         png = plot_dir / "gates_all_runs.png"
@@ -380,6 +398,41 @@ def summary_table(runs: list[Run]) -> str:
             else:
                 cells += ["-", "-", "-"]
         lines.append("|" + "|".join(cells) + "|")
+    return "\n".join(lines)
+
+
+def read_train_sentences(recipe_dir: Path) -> set[str] | None:
+    """The training sentences, normalised as scoring normalises a hypothesis; None without data/train/text."""
+    path = recipe_dir / TRAIN_TEXT
+    if not path.exists():
+        return None
+    sentences = {"".join(cer_tokens(text)) for text in read_kaldi_text(path).values()}
+    sentences.discard("")  # an empty hypothesis recites nothing
+    return sentences
+
+
+def verbatim_share(decode_text: Path, train_sentences: set[str]) -> tuple[int, int]:
+    """(hypotheses that are a training sentence word for word, hypotheses) of a decoding's text."""
+    hyps = read_kaldi_text(decode_text)
+    return sum("".join(cer_tokens(h)) in train_sentences for h in hyps.values()), len(hyps)
+
+
+def controls_table(runs: list[Run], train_sentences: set[str] | None) -> str | None:
+    """Per run and set: the share of hypotheses that are training sentences, and the CER with its own speech
+    beside the CER with other utterances' speech; None where neither was measured."""
+    if train_sentences is None and not any(run.other_speech for run in runs):
+        return None
+    lines = ["|system|phase|set|hypotheses|training sentences (%)|CER|CER, other speech|", "|---" * 7 + "|"]
+    for run in runs:
+        for s in _sorted_sets(list(run.cer) + list(run.other_speech)):
+            text = run.path / f"decode_{s}" / "text"
+            cells = ["-", "-"]
+            if train_sentences is not None and text.exists():
+                verbatim, n = verbatim_share(text, train_sentences)
+                cells = [str(n), f"{100 * verbatim / n:.1f} ({verbatim})" if n else "-"]
+            cells += [f"{results[s].counts.error_rate:.1f}" if s in results else "-"
+                      for results in (run.cer, run.other_speech)]
+            lines.append("|" + "|".join([run.system, run.phase, s, *cells]) + "|")
     return "\n".join(lines)
 
 
@@ -486,6 +539,7 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         raise FileNotFoundError(f"no decode_<set>/score_cer or score_ner results under {expdir}")
     plot_dir = out.parent / PLOT_DIR_NAME
     summary = summary_table(runs)
+    points = sweep_points(runs)
     stats_of = {run.name: read_epoch_stats(run.path / "train.log") for run in runs if (run.path / "train.log").exists()}
     listening = listening_table(runs, stats_of)
     doc = [
@@ -498,6 +552,35 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         "(an entity is correct when type and text match, counted as a multiset per utterance).",
         "",
         summary,
+        "",
+    ]
+    train_sentences = read_train_sentences(expdir.resolve().parent)
+    controls = controls_table(runs, train_sentences)
+    if controls:
+        doc += [
+            "## Controls",
+            "Whether a run hears the speech or recites training text. Training sentences: the share of a set's "
+            "hypotheses (normalised and without marks, as for CER) that are word for word a sentence of "
+            f"`{TRAIN_TEXT}`; of held-out sets, whose sentences are not in training, such a hypothesis is recited, "
+            "not heard. CER, other speech: the set decoded again with each utterance given another utterance's "
+            "speech (`decode_<set>_other_speech`), scored against the set's own references: a run that listens "
+            "does far worse than with its own speech, one that recites about as well. '-': not measured"
+            + (f" (no `{TRAIN_TEXT}`)." if train_sentences is None else "."),
+            "",
+            controls,
+            "",
+        ]
+    gates = {run.name: values for run in runs if (values := read_gates(run)) is not None}
+    attention = {run.name: data for run in runs if (data := read_speech_attention(run)) is not None}
+    doc += [
+        "## The paper's claims, checked",
+        "Each claim of the paper that these runs can test, on the held-out sets. A difference of corpus-level "
+        "scores comes with a paired bootstrap 95 % interval: the set's utterances (every reference utterance, "
+        f"a missing hypothesis all deleted) drawn with replacement {RESAMPLES:,} times (seed {SEED}), one draw "
+        "for all the runs compared. It holds when the interval is on the claim's side of 0, does not hold when it is on the "
+        "other side, and is not significant when it contains 0.",
+        "",
+        claims_table(claim_rows(runs, points, gates, attention)),
         "",
     ]
     repairs = repairs_table(runs)
@@ -522,7 +605,6 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             listening,
             "",
         ]
-    points = sweep_points(runs)
     if points:
         png = plot_dir / "history_sweep.png"
         plot_sweep(points, png)
@@ -542,6 +624,13 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         config = run.path / "config.yaml"
         if config.exists():
             doc.append(f"- config: `{os.path.relpath(config, out.parent)}`")
+        choice = run.path / "ctc_weight_tuning" / "choice.txt"
+        if choice.exists():  # the Conformer's CTC weight, chosen on the validation set (local/conformer.sh)
+            lines = choice.read_text(encoding="utf-8").split("\n")
+            tried = ", ".join(line.replace("ctc_weight ", "").replace(" CER ", ": ") + " %" for line in lines
+                              if line.startswith("ctc_weight"))
+            chosen = next(line.split()[1] for line in lines if line.startswith("chosen"))
+            doc.append(f"- decoded with CTC weight {chosen}, the lowest validation CER of those tried ({tried})")
         if run.cer:
             doc += ["", "### CER", "", ESPNET_TABLE_HEADER]
             doc += [run.cer[s].counts.table_row(f"decode_{s}") for s in _sorted_sets(run.cer)]

@@ -75,6 +75,8 @@ inference_config=     # empty: ${conf_dir}/decode_asr_conformer.yaml (conformer)
 inference_args=       # more decoding options, e.g. "--beam_size 1"
 inference_model=valid.acc_current.ave.pth  # a speech LLM's checkpoint that is decoded, and that the next phase starts from
 conformer_model=valid.acc.ave.pth          # the baseline's (it has no current-utterance accuracy: no history)
+conformer_ctc_weights="0.3 0.5 0.7 1.0"    # the baseline's CTC weight is chosen among these on --valid_set;
+                                           # empty: the decoding config's
 inference_nj=         # decoding jobs per set (on the CPU the sets of a run are decoded at the same time);
                       # empty: 1 for model_size tiny (startup dominates), the GPUs here (one batched job each) for full
 gpu_inference=false   # decode on GPUs, job i on GPU i, a set after the other (the full-size model refuses the CPU)
@@ -166,6 +168,10 @@ check_options() {
     done
     awk "BEGIN { exit !(${min_wav_duration} < ${max_wav_duration}) }" \
         || bad min_wav_duration "must be below --max_wav_duration ${max_wav_duration}"
+    for value in ${conformer_ctc_weights}; do
+        [[ ${value} =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] \
+            || bad conformer_ctc_weights "must be CTC weights from 0 to 1, e.g. \"0.3 0.5 1.0\""
+    done
     for value in ${speed_perturb_factors}; do
         [[ ${value} =~ ^[0-9]*\.?[0-9]+$ ]] && awk "BEGIN { exit !(${value} > 0) }" \
             || bad speed_perturb_factors "must be positive numbers, e.g. \"0.9 1.0 1.1\""
@@ -338,6 +344,8 @@ conformer() {
         --inference_args "${inference_args}" "${@:2}"
 }
 
+other_speech=_other_speech  # the listening control's sets: <set>_other_speech (espnet_llm.data_prep.other_speech)
+
 _stage_start=${SECONDS}
 stage_finished() {  # <stage>: logs the seconds it took
     log "Stage $1 finished in $(( SECONDS - _stage_start )) s"
@@ -448,7 +456,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
             log "Stage 5: the speech LLMs' models, each config's Whisper and ChatGLM3, and ChatGLM3's tokenizer"
             # shellcheck disable=SC2046
             ${python} -m espnet_llm.bin.prepare_speech_llm_models --ct2_dir downloads/faster-whisper-base \
-                $([ "${model_size}" = tiny ] && echo --tiny_models "${conf_dir}/tiny_models.yaml") \
+                $([ "${model_size}" = tiny ] && echo --tiny_models_dir "${conf_dir}") \
                 --token_dir "${token_listdir}/chatglm3" "${llm_configs[@]}"
         fi
     }
@@ -540,7 +548,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
 fi
 
 if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
-    [ -n "${conformer_config}" ] && conformer 12
+    [ -n "${conformer_config}" ] && conformer 12 --ctc_weights "${conformer_ctc_weights}"
     for run in "${llm_runs[@]}"; do
         read -r system phase config _ <<<"${run}"
         _dir=${expdir}/${system}/${phase}
@@ -564,6 +572,19 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             --extra_entries utt2history,history,text --inference_module espnet_llm.bin.speech_llm_inference \
             "${dumpdir}/raw" "${_dir}" "${test_sets}" -- --speech_llm_train_config "${_dir}/config.yaml" \
             --speech_llm_model_file "${_dir}/${inference_model}" --config "${_config}" ${inference_args}
+        if [ "${phase}" = short ]; then
+            # the listening control: each test utterance given another's speech (RESULTS.md's Controls)
+            for dset in ${test_sets}; do
+                ${python} -m espnet_llm.data_prep.other_speech "${dumpdir}/raw/${dset}" \
+                    "${dumpdir}/raw/${dset}${other_speech}" ${_feats:+--feats "${_feats}/${dset}" "${_feats}/${dset}${other_speech}"}
+            done
+            # shellcheck disable=SC2086
+            local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --feats_dir "${_feats}" \
+                --extra_entries utt2history,history,text --inference_module espnet_llm.bin.speech_llm_inference \
+                "${dumpdir}/raw" "${_dir}" "$(printf "%s${other_speech} " ${test_sets})" -- \
+                --speech_llm_train_config "${_dir}/config.yaml" --speech_llm_model_file "${_dir}/${inference_model}" \
+                --config "${_config}" ${inference_args}
+        fi
     done
     stage_finished 12
 fi
@@ -578,6 +599,13 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
         {
             # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
             local/score.sh data "${_dir}" "${test_sets}"
+            for dset in ${test_sets}; do  # the listening control, against the set's own transcripts
+                if [ -f "${_dir}/decode_${dset}${other_speech}/text" ]; then
+                    ${python} -m espnet_llm.bin.score_cer --ref "data/${dset}/text" \
+                        --hyp "${_dir}/decode_${dset}${other_speech}/text" \
+                        --out_dir "${_dir}/decode_${dset}${other_speech}/score_cer" | tail -n 1
+                fi
+            done
             if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
                 # static gates from the checkpoint; dynamic ones (a gate a token) measured on the validation set
                 ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \

@@ -9,7 +9,8 @@
 #   10  collect stats (shapes, feature statistics) -> <expdir>/stats/conformer_asr
 #   11  training -> <expdir>/conformer/asr (train.log; resumable)
 #   12  decoding of the test sets -> <expdir>/conformer/asr/decode_<set>/{text,text_ner}: the marked output is
-#       the NER output, and without the marks the transcript
+#       the NER output, and without the marks the transcript; with --ctc_weights, the CTC weight is chosen on
+#       the validation set first, as the baseline's users tune it (ctc_weight_tuning/: each weight's CER)
 # Run from the recipe directory.
 set -euo pipefail
 
@@ -39,6 +40,7 @@ inference_model=valid.acc.ave.pth  # it has no current-utterance accuracy: no hi
 inference_nj=8
 inference_ngpu=0
 inference_args=
+ctc_weights=       # stage 12: decode --valid_set with each, then the test sets with the one of the lowest CER
 
 help_message="Usage: $0 --stage <5|10|11|12> [--option value ...] (options: see the top of $0)"
 
@@ -109,16 +111,33 @@ case "${stage}" in
         log "Error: ${dir}/${inference_model} not found: train conformer/asr first (stage 11)"
         exit 1
     fi
+    decode() {  # <run dir> "<sets>" [more options]: decoded, the marks split off
+        # shellcheck disable=SC2086
+        local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --inference_module espnet2.bin.asr_inference \
+            "${dumpdir}/raw" "$1" "$2" -- --batch_size 1 --asr_train_config "${dir}/config.yaml" \
+            --asr_model_file "${dir}/${inference_model}" --config "${inference_config}" ${inference_args} "${@:3}"
+        for dset in $2; do
+            mv "$1/decode_${dset}/text" "$1/decode_${dset}/text_ner"
+            python -m espnet_llm.text.aishell_ner "$1/decode_${dset}/text_ner" "$1/decode_${dset}/text"
+        done
+    }
+    if [ -n "${ctc_weights}" ]; then
+        rm -rf "${dir}/ctc_weight_tuning"
+        for weight in ${ctc_weights}; do
+            log "Stage 12: conformer/asr on ${valid_set} with CTC weight ${weight}"
+            decode "${dir}/ctc_weight_tuning/ctc${weight}" "${valid_set}" --ctc_weight "${weight}"
+            python -m espnet_llm.bin.score_cer --ref "data/${valid_set}/text" \
+                --hyp "${dir}/ctc_weight_tuning/ctc${weight}/decode_${valid_set}/text" \
+                --out_dir "${dir}/ctc_weight_tuning/ctc${weight}/decode_${valid_set}/cer" >/dev/null
+        done
+        best=$(python -m espnet_llm.scoring.ctc_weight_tuning "${dir}/ctc_weight_tuning" "${valid_set}")
+        log "Stage 12: conformer/asr decodes with CTC weight ${best}, the lowest CER on ${valid_set}" \
+            "(${dir}/ctc_weight_tuning/choice.txt)"
+        inference_args+=" --ctc_weight ${best}"
+    fi
     log "Stage 12: decoding '${test_sets}' with conformer/asr (${inference_config}), ${inference_nj} job(s) per set:" \
         "${dir}/decode_<set>/logdir/inference.*.log"
-    # shellcheck disable=SC2086
-    local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --inference_module espnet2.bin.asr_inference \
-        "${dumpdir}/raw" "${dir}" "${test_sets}" -- --batch_size 1 --asr_train_config "${dir}/config.yaml" \
-        --asr_model_file "${dir}/${inference_model}" --config "${inference_config}" ${inference_args}
-    for dset in ${test_sets}; do
-        mv "${dir}/decode_${dset}/text" "${dir}/decode_${dset}/text_ner"
-        python -m espnet_llm.text.aishell_ner "${dir}/decode_${dset}/text_ner" "${dir}/decode_${dset}/text"
-    done
+    decode "${dir}" "${test_sets}"
     ;;
 *)
     echo "$0: --stage must be 5, 10, 11 or 12, got '${stage}'" >&2
