@@ -198,3 +198,26 @@ def test_claims_of_the_history_sweep_and_the_gates(recipe):
     # |gate|: short's deeper half (0.7) against its shallower (0.2), the middle layer in neither; long's 0.1 against 0.7
     assert claim_row(text, "Deeper cross-attention gates")[2:] == [
         "encoder_decoder/short +0.500<br>encoder_decoder/long -0.600", "holds in 1 of 2 runs"]
+
+
+def test_claims_against_the_conformer_baseline(recipe):
+    marked = {u: f"[{t[:2]}]{t[2:]}" for u, t in REFS.items()}
+    decode(recipe, "conformer/asr", "test", {u: with_errors(t, 2) for u, t in REFS.items()},
+           {u: with_errors(t, 2) for u, t in REFS.items()})  # its entities all lost
+    decode(recipe, "decoder_only/short", "test", REFS)
+    decode(recipe, "decoder_only/cot", "test", {u: with_errors(t, 3) for u, t in REFS.items()}, marked)
+    write_results(recipe / "exp", recipe / "RESULTS.md")
+    text = (recipe / "RESULTS.md").read_text(encoding="utf-8")
+    _, measure, measured, verdict = claim_row(text, "A speech LLM transcribes better than the Conformer baseline: "
+                                                    "decoder_only/short")
+    assert measure == "CER decoder_only/short − conformer/asr, points"
+    assert measured == f"test {-result_cer(recipe, 'conformer/asr', 'test'):+.2f} [{-result_cer(recipe, 'conformer/asr', 'test'):+.2f}, " \
+                       f"{-result_cer(recipe, 'conformer/asr', 'test'):+.2f}]"  # 2 errors on every utterance: every draw
+    assert verdict == "test: holds<br>dev: not measured (decoder_only/short has no scored decode_dev)"
+    assert claim_row(text, "A speech LLM transcribes better than the Conformer baseline: decoder_only/cot")[3].startswith(
+        "test: does not hold")
+    assert claim_row(text, "A speech LLM transcribes better than the Conformer baseline: encoder_decoder/long")[2:] == [
+        "-", "not measured: no run encoder_decoder/long"]
+    _, _, measured, verdict = claim_row(text, "With CoT, a speech LLM finds entities better than the entity-aware "
+                                              "Conformer: decoder_only/cot")
+    assert measured.startswith("test +100.00 [") and verdict.startswith("test: holds")
