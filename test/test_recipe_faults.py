@@ -2,7 +2,7 @@
 changes; a run.sh killed (SIGKILL of its whole process group) in stage 3, 6, 11 or 12 and run again ends with
 the same outputs as a run that was never interrupted, byte for byte, and leaves nothing half-written meanwhile.
 
-One recipe copy for the module, as small as the recipe runs: decoder_only/short on the 60 dev utterances of
+One recipe copy for the module, as small as the recipe runs: decoder_only/short on the 100 dev utterances of
 the mini corpus (train, valid and test set alike), 2 epochs, greedy decoding. Its outputs are the reference
 of the uninterrupted run; each kill test redoes one stage, killed, then again.
 """
@@ -180,7 +180,7 @@ def test_stage_6_killed_resumes_and_writes_the_same_features(recipe, reference):
     assert not (feats / "feats.scp").exists() or digests(feats)["feats.scp"] == reference["6"]["feats.scp"]
     output = run_sh(recipe, "--stage", "6", "--stop_stage", "6", *SMALL)
     assert digests(feats) == reference["6"] and not leftovers(feats)
-    assert "1 chunk(s) (30 utterances) already dumped" in (feats / "logs/dump.1.log").read_text(), output
+    assert "1 chunk(s) (50 utterances) already dumped" in (feats / "logs/dump.1.log").read_text(), output
 
 
 @needs_sox
