@@ -116,7 +116,7 @@ BAD_OPTIONS = [
     (["--max_wav_duration", "thirty"], "Error: --max_wav_duration 'thirty': must be a number of seconds"),
     (["--speed_perturb_factors", "0.9,1.1"], "Error: --speed_perturb_factors '0.9,1.1': must be positive numbers"),
     (["--systems", "decoder_onyl"], "Error: --systems 'decoder_onyl': names decoder_onyl, which has no config "
-                                    "conf/tiny/train_decoder_onyl_<phase>.yaml (systems: conformer decoder_only "),
+                                    "conf/tiny/train_decoder_onyl_<phase>.yaml (systems: conformer decoder_only_pretrained decoder_only "),
     (["--systems", ""], "Error: --systems '': must name at least one system"),
     (["--llm_phases", "shrot"], "Error: --llm_phases 'shrot': must be phases among: short long cot"),
     (["--llm_phases", ""], "Error: --llm_phases '': must name a phase for the speech LLM decoder_only"),
