@@ -199,19 +199,10 @@ def richest_window(sentences: list[Sentence], length: int) -> list[Sentence]:
     return sentences[start:start + length]
 
 
-def training_overlap(plan_or_dir) -> dict[str, set[str]]:
+def training_overlap(plan: Plan) -> dict[str, set[str]]:
     """Dev and test sentences (plain text) that training speech or the LM text also holds: empty by construction."""
-    sentences = plan_or_dir.sentences if isinstance(plan_or_dir, Plan) else {
-        subset: [Sentence(uttid, uttid[6:11], int(uttid[12:]), marked) for uttid, marked in
-                 (line.split(maxsplit=1) for line in (Path(plan_or_dir) / "aishell_ner" /
-                  f"aishell_ner_transcript.{subset}.txt").read_text(encoding="utf-8").splitlines())]
-        for subset in SETS}
-    seen = {spoken_text(s) for s in sentences["train"]}
-    if not isinstance(plan_or_dir, Plan):
-        seen |= set((Path(plan_or_dir) / "lm_text.txt").read_text(encoding="utf-8").splitlines())
-    else:
-        seen |= set(plan_or_dir.lm_text)
-    return {subset: {spoken_text(s) for s in sentences[subset]} & seen for subset in ("dev", "test")}
+    seen = {spoken_text(s) for s in plan.sentences["train"]} | set(plan.lm_text)
+    return {subset: {spoken_text(s) for s in plan.sentences[subset]} & seen for subset in ("dev", "test")}
 
 
 def word_spaced(marked: str, rng: random.Random) -> str:

@@ -28,14 +28,11 @@ def rolled(entries: dict[str, str]) -> dict[str, str]:
     return {key: entries[keys[(i + shift) % len(keys)]] for i, key in enumerate(keys)}
 
 
-def roll_speech_tables(src: Path, dst: Path) -> list[str]:
-    """Write ``dst``'s speech tables from ``src``'s, rolled; returns their names."""
-    names = []
+def roll_speech_tables(src: Path, dst: Path) -> None:
+    """Write ``dst``'s speech tables from ``src``'s, rolled."""
     for name in SPEECH_TABLES:
         if (src / name).exists():
             write_table(dst / name, rolled(read_table(src / name).entries))
-            names.append(name)
-    return names
 
 
 def write_other_speech_set(data_dir: Path, output_dir: Path, feats_dir: Path | None = None,

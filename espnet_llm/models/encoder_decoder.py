@@ -38,7 +38,7 @@ class EncoderDecoderSpeechLLM(SpeechLLM):
         gate: static (one per layer) or dynamic (per token, from its hidden state; see GatedCrossAttention).
         """
         super().__init__(speech_encoder, adapter, llm, layout, **kwargs)
-        memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
+        memory_size = self.memory_size
         attention_size = attention_size or memory_size
         num_heads = num_heads or max(1, attention_size // 64)
         layers = llm.decoder_layers

@@ -73,8 +73,12 @@ class SpeechLLM(AbsESPnetModel):
         # characters from the first step, where the LLM's cross-entropy must find the alignment first.
         self.ctc_weight = ctc_weight
         if ctc_weight > 0:
-            memory_size = adapter.output_size if adapter is not None else speech_encoder.output_size()
-            self.ctc_head = nn.Linear(memory_size, llm.config.vocab_size)
+            self.ctc_head = nn.Linear(self.memory_size, llm.config.vocab_size)
+
+    @property
+    def memory_size(self) -> int:
+        """The width of the speech memory: the adapter's output, or Whisper's without an adapter."""
+        return self.adapter.output_size if self.adapter is not None else self.speech_encoder.output_size()
 
     # ---------------------------------------------------------------- speech
     def encode_speech(self, speech, speech_lengths, segment_lengths=None):

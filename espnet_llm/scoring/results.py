@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from espnet_llm.models.prompts import PROBLEM_KINDS
+from espnet_llm.scoring import ctc_weight_tuning
 from espnet_llm.scoring.bootstrap import RESAMPLES, SEED
 from espnet_llm.scoring.cer import ESPNET_TABLE_HEADER, CerResult, cer_tokens, read_kaldi_text
 from espnet_llm.scoring.claims import claim_rows, claims_table
@@ -624,13 +625,13 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         config = run.path / "config.yaml"
         if config.exists():
             doc.append(f"- config: `{os.path.relpath(config, out.parent)}`")
-        choice = run.path / "ctc_weight_tuning" / "choice.txt"
-        if choice.exists():  # the Conformer's CTC weight, chosen on the validation set (local/conformer.sh)
-            lines = choice.read_text(encoding="utf-8").split("\n")
-            tried = ", ".join(line.replace("ctc_weight ", "").replace(" CER ", ": ") + " %" for line in lines
-                              if line.startswith("ctc_weight"))
-            chosen = next(line.split()[1] for line in lines if line.startswith("chosen"))
-            doc.append(f"- decoded with CTC weight {chosen}, the lowest validation CER of those tried ({tried})")
+        tuning = run.path / "ctc_weight_tuning"
+        if tuning.is_dir():  # the Conformer's CTC weight, chosen on the validation set (local/conformer.sh)
+            valid_set = next(tuning.glob("ctc*/decode_*")).name[len("decode_"):]
+            cers = ctc_weight_tuning.tried_weights(tuning, valid_set)
+            tried = ", ".join(f"{w}: {cer:.1f} %" for w, cer in sorted(cers.items(), key=lambda i: float(i[0])))
+            doc.append(f"- decoded with CTC weight {ctc_weight_tuning.choose(cers)}, the lowest validation CER of "
+                       f"those tried ({tried})")
         if run.cer:
             doc += ["", "### CER", "", ESPNET_TABLE_HEADER]
             doc += [run.cer[s].counts.table_row(f"decode_{s}") for s in _sorted_sets(run.cer)]
