@@ -92,6 +92,22 @@ def test_chat_prompt_has_chatglm3_format(tokenizer):
         t.build_message("robot", "x")
 
 
+@pytest.mark.parametrize("task", ["asr_short", "asr_long", "ner"])
+def test_every_task_prompt_is_a_chatglm3_user_turn_then_the_assistant_line(tokenizer, task):
+    """The prompt around the speech is ChatGLM3's own turn format: what the pretrained LLM has read. With the speech
+    taken as the user message (text here), the prompt is build_chat_prompt's, and the answer follows the
+    assistant's metadata line ("\\n"), which ChatGLM3 writes itself before a reply."""
+    from espnet_llm.models.prompts import TASK_TOKEN, PromptLayout
+
+    t, layout = tokenizer, PromptLayout(tokenizer, task)
+    speech = t.encode("广州市")  # stands in for the speech embeddings
+    prompt = layout.prefix_ids + speech + layout.suffix_ids
+    chat = t.build_chat_prompt("广州市")
+    assert prompt == chat[:-1] + [t.token_id(TASK_TOKEN[task]), chat[-1], *t.encode("\n")]
+    assert t.convert_ids_to_tokens(layout.prefix_ids) == ["[gMASK]", "sop", "<|user|>", "▁", "<0x0A>"]
+    assert t.convert_ids_to_tokens(layout.suffix_ids) == [TASK_TOKEN[task], "<|assistant|>", "▁", "<0x0A>"]
+
+
 def test_out_of_vocabulary_id_is_an_error(tokenizer):
     with pytest.raises(ValueError, match=f"token id {len(tokenizer)} is outside"):
         tokenizer.decode([5, len(tokenizer)])

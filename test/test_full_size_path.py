@@ -12,6 +12,7 @@ import torch
 from espnet_llm.bin.count_params import build_on_meta
 from espnet_llm.llm.lora import GLM_PROJECTIONS
 from espnet_llm.models.cross_attention import GatedCrossAttention
+from espnet_llm.models.param_count import trainable_counts
 from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
@@ -59,6 +60,17 @@ def test_full_size_task_tokens_train_their_input_and_output_rows(full_size, arch
 def test_full_size_lora_is_the_papers_modules(full_size):
     lora_modules = {n.split(".")[-4] for n, _ in full_size["decoder_only"].named_parameters() if "lora_A" in n}
     assert lora_modules == set(GLM_PROJECTIONS) == {"q_proj", "k_proj", "v_proj", "gate_up_proj", "down_proj"}
+
+
+def test_the_hybrids_prompt_adapter_is_counted_as_adapter_not_llm(tmp_path):
+    """count_params: the hybrid trains the decoder-only model's adapter (for its prompt) and the encoder-decoder
+    model's cross-attention; its LLM trains the same LoRA and token rows as theirs, nothing more."""
+    counts = {arch: trainable_counts(build_on_meta(CONF / f"train_{arch}_short.yaml", tmp_path / arch)[1])
+              for arch in ("decoder_only", "encoder_decoder", "hybrid")}
+    assert counts["hybrid"]["adapter"] == counts["decoder_only"]["adapter"] > 40e6
+    assert counts["hybrid"]["cross-attention"] == counts["encoder_decoder"]["cross-attention"]
+    assert counts["hybrid"]["LoRA"] == counts["decoder_only"]["LoRA"]
+    assert "LLM" not in counts["hybrid"] and "LLM" not in counts["decoder_only"]  # the frozen LLM trains nothing else
 
 
 def tiny_args(tiny_models, arch, dtype="float32", **llm_conf):

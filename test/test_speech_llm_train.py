@@ -191,3 +191,27 @@ def test_two_process_ddp_with_gloo_on_cpu_trains_a_step(tiny_models, tmp_path):
                       launcher=env_launcher)
     assert (tmp_path / "exp/1epoch.pth").exists(), done.stderr[-2000:]
     assert "1epoch results" in done.stderr and ":0/2]" in done.stderr  # rank 0 of a world of 2 logged it
+
+
+@needs_sox
+def test_a_phase_trained_outside_the_recipe_gets_a_cycle_of_its_own_steps(tiny_models, tmp_path):
+    """The full-size configs leave first_cycle_steps null for run.sh to count over a chain of phases; trained on
+    its own, a phase's cycle is its own steps, and a warmup as long as the cycle is refused by name."""
+    data = speak_corpus(tmp_path / "data")
+    schedule = {"first_cycle_steps": None, "warmup_steps": 1, "max_lr": 1e-4, "min_lr": 1e-5}
+    config = write_config(tiny_models, "decoder_only_short", tmp_path / "train.yaml", max_epoch=2,
+                          batch_type="unsorted", batch_size=2, scheduler="cosineannealingwarmuprestarts",
+                          scheduler_conf=schedule)
+    data_args = []
+    for phase in ("train", "valid"):
+        for path, name, kind in data_entries(data, ner=False):
+            data_args += [f"--{phase}_data_path_and_name_and_type", f"{path},{name},{kind}"]
+    shapes = ["--train_shape_file", f"{data}/wav.scp", "--valid_shape_file", f"{data}/wav.scp"]
+    module = "espnet_llm.bin.speech_llm_train"
+    run_module(module, "--config", str(config), *data_args, *shapes, "--output_dir", "exp", cwd=tmp_path)
+    written = yaml.safe_load((tmp_path / "exp/config.yaml").read_text())
+    assert written["scheduler_conf"]["first_cycle_steps"] == 4  # 2 epochs of 2 batches of 2 utterances
+    done = subprocess.run([sys.executable, "-m", module, "--config", str(config), *data_args, *shapes,
+                           "--output_dir", "exp2", "--scheduler_conf", "warmup_steps=4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "warmup_steps 4 is not below first_cycle_steps 4" in done.stderr

@@ -445,7 +445,7 @@ def full_size_arithmetic(seconds: float = 4.5, target_tokens: int = 15, batch_si
     workdir = Path(tempfile.mkdtemp(prefix="benchmark_speech_llm."))
     size = full_size(workdir)
     frames = int(seconds * WHISPER_FRAMES_PER_SECOND)
-    prompt = 5  # [gMASK] sop <|user|> ... <|task|> <|assistant|>
+    prompt = 9  # [gMASK] sop <|user|> \n ... <|task|> <|assistant|> \n
     c, w = CHATGLM3_6B_CONFIG, WHISPER_LARGE_V2_CONFIG
     hidden, layers, vocab, d = c["hidden_size"], c["num_layers"], c["padded_vocab_size"], w["d_model"]
     print(f"# full size, one AISHELL-average utterance: {seconds} s = {frames} Whisper frames, "

@@ -13,7 +13,8 @@ cross-attention output (``espnet_llm.models.cross_attention.GatedCrossAttention`
 Dynamic gates (``model_conf.gate: dynamic``, a gate a token) have no value of their own: the model of --config is
 built and run teacher-forced over --data_dir (a set of the recipe's ``dump/raw``, with the run's own history K),
 and each layer's value is the mean tanh(gate) over the positions that predict the current utterance's tokens,
-the ones ``acc_current`` counts. The same layout is written, with ``"gate": "dynamic"``, the K and the count of
+the ones ``acc_current`` counts, with the frozen weights in the config's dtype under training's autocast, on the
+CPU or (``--ngpu 1``) a GPU. The same layout is written, with ``"gate": "dynamic"``, the K and the count of
 tokens measured.
 """
 from __future__ import annotations
@@ -83,13 +84,15 @@ def dynamic_gate_means(model, batches) -> tuple[dict[int, float], int]:
 
 
 def measure_dynamic_gates(config: str, model_file: str, data_dir: str, feats_dir: str | None,
-                          batch_size: int) -> dict:
+                          batch_size: int, device: str = "cpu") -> dict:
     """The gate_values.json content of a dynamic-gate run, measured on the set of ``data_dir``."""
-    from espnet_llm.bin.speech_llm_inference import load_model  # the models: only for dynamic gates
+    # the models: only for dynamic gates
+    from espnet_llm.bin.speech_llm_inference import as_trained, load_model, on_device
     from espnet_llm.bin.speech_llm_runs import DATA_ENTRIES, decode_features
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
-    model, train_args = load_model(config, model_file, "cpu", allow_large_model_on_cpu=True)
+    # one process, one model (the recipe measures its runs one after the other): a large one on the CPU too
+    model, train_args = load_model(config, model_file, device, allow_large_model_on_cpu=True)
     data = Path(data_dir)
     feats = decode_features(config, feats_dir, [data.name]) if feats_dir else None
     speech = f"{feats}/{data.name}/feats.scp,speech,kaldi_ark" if feats else f"{data}/wav.scp,speech,sound"
@@ -99,7 +102,8 @@ def measure_dynamic_gates(config: str, model_file: str, data_dir: str, feats_dir
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False), batch_size=batch_size,
         allow_variable_data_keys=True,
     )
-    means, tokens = dynamic_gate_means(model, (batch for _, batch in loader))
+    with as_trained(device, train_args):
+        means, tokens = dynamic_gate_means(model, (on_device(batch, device) for _, batch in loader))
     return {"layers": list(means), "gates": list(means.values()), "gate": "dynamic",
             "num_history": train_args.num_history, "tokens": tokens, "data": str(data)}
 
@@ -112,12 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", help="dynamic gates: the set to measure them on (<dumpdir>/raw/<set>)")
     parser.add_argument("--feats_dir", help="dynamic gates, a run on cached features: stage 6's <feats_dir>")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--ngpu", type=int, default=0, choices=(0, 1), help="dynamic gates: 0: CPU, 1: one GPU")
     args = parser.parse_args(argv)
     state = checkpoint_state(args.model_file)
     if any(".cross_attention.gate_net." in key for key in state):
         if not (args.config and args.data_dir):
             parser.error(f"{args.model_file} has dynamic gates: --config and --data_dir say what to measure them on")
-        result = measure_dynamic_gates(args.config, args.model_file, args.data_dir, args.feats_dir, args.batch_size)
+        result = measure_dynamic_gates(args.config, args.model_file, args.data_dir, args.feats_dir, args.batch_size,
+                                       "cuda" if args.ngpu else "cpu")
     else:
         gates = static_gates(state, args.model_file)
         result = {"layers": list(gates), "gates": list(gates.values()), "gate": "static"}

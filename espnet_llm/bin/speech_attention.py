@@ -3,7 +3,11 @@ data set, teacher-forced (espnet_llm.scoring.speech_attention), written where ma
 
     python -m espnet_llm.bin.speech_attention --train_config exp/decoder_only/long_k2/config.yaml \
         --model_file exp/decoder_only/long_k2/valid.acc_current.ave.pth --data_dir dump/raw/dev \
-        [--feats_dir dump/whisper_feats/dev] --output exp/decoder_only/long_k2/speech_attention.json
+        [--feats_dir dump/whisper_feats/dev] [--ngpu 1] --output exp/decoder_only/long_k2/speech_attention.json
+
+The model runs as in training: its frozen weights in the config's dtype, under the same autocast. One process
+holds one model (the recipe measures its runs one after the other), so a full-size model is measured on the
+CPU too when no GPU is asked for.
 
 Writes ``{"set": ..., "num_history": K, "layers": [i, ...], "share": [...], "tokens": N, "utterances": N}``.
 """
@@ -14,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from espnet_llm.bin.speech_llm_inference import load_model
+from espnet_llm.bin.speech_llm_inference import as_trained, load_model, on_device
 from espnet_llm.scoring.speech_attention import speech_attention_share
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
@@ -33,11 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", required=True, help="wav.scp, text, text_ner, utt2history")
     parser.add_argument("--feats_dir", help="the set's cached Whisper features, for a run trained on them")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--ngpu", type=int, default=0, choices=(0, 1), help="0: CPU, 1: one GPU")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
-    model, train_args = load_model(args.train_config, args.model_file, "cpu")
+    device = "cuda" if args.ngpu else "cpu"
+    model, train_args = load_model(args.train_config, args.model_file, device, allow_large_model_on_cpu=True)
     if train_args.model != "decoder_only":
         raise SystemExit(f"Error: {args.train_config}: model {train_args.model}: the attention share on the "
                          f"prompt's speech is measured on the decoder-only model")
@@ -46,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         entries, preprocess_fn=SpeechLLMTask.preprocessor_for(train_args, entries),
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False), batch_size=args.batch_size,
         inference=True, allow_variable_data_keys=True)
-    result = speech_attention_share(model, (batch for _, batch in loader))
+    with as_trained(device, train_args):
+        result = speech_attention_share(model, (on_device(batch, device) for _, batch in loader))
     history = train_args.num_history if train_args.prompt_task != "asr_short" else 0
     out = {"set": Path(args.data_dir).name, "num_history": history,
            "layers": list(range(len(result["share"]))), **result}

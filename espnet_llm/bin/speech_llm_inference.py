@@ -88,6 +88,18 @@ def autocast_dtype(train_args) -> torch.dtype:
     return torch_dtype(train_args.llm_conf.get("dtype", "float32"), "llm_conf dtype")
 
 
+def as_trained(device: str, train_args):
+    """The autocast that a model of ``train_args`` runs under on ``device``, as in training (for decoding and the
+    teacher-forced measurements alike): bf16 frozen weights meet the float32 adapter and cross-attention."""
+    dtype = autocast_dtype(train_args)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def on_device(batch: dict, device: str) -> dict:
+    """A collated batch's tensors on ``device`` (utterance ids and other lists stay)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def utterance_lengths(
     data_path_and_name_and_type: list, keys: list[str], num_history: int, shape_file: str | None = None
 ) -> dict[str, int]:
@@ -159,7 +171,7 @@ class Speech2Text:
         self.model, self.train_args = load_model(
             speech_llm_train_config, speech_llm_model_file, device, allow_large_model_on_cpu
         )
-        self.device, self.dtype = device, autocast_dtype(self.train_args)
+        self.device = device
         self.beam_size, self.max_new_tokens, self.tokens_per_second = beam_size, max_new_tokens, tokens_per_second
         self.preprocessor = SpeechLLMTask.preprocessor_for(self.train_args, [])  # its checks and time steps a second
 
@@ -190,7 +202,7 @@ class Speech2Text:
         rate = self.preprocessor.rate
         limit = token_limit(self.layout, speech_lengths, segments, rate, self.tokens_per_second, self.max_new_tokens)
         # the audio stays float32 up to the log-mel; bf16 weights run under autocast, as in training
-        with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with as_trained(self.device, self.train_args):
             decoded = self.model.generate(
                 speech, speech_lengths, None if segments is None else segments.to(self.device),
                 beam_size=self.beam_size, max_new_tokens=limit,

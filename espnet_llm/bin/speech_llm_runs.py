@@ -220,19 +220,14 @@ def data_opts(dumpdir: str, train_set: str, valid_set: str, feats_dir: str | Non
 
 
 def steps_per_epoch(config: dict, path: str, stats: str, batch_bins: int) -> int:
-    """The optimiser steps of an epoch of a run: ESPnet's batch sampler over its training shapes (one process;
-    DDP splits each batch over the GPUs, so the count holds for any number of them)."""
-    from espnet2.samplers.build_batch_sampler import build_batch_sampler
+    """The optimiser steps of an epoch of a run, as its training counts them (ESPnet's defaults where unset)."""
+    from espnet_llm.tasks.phase_trainer import batches_per_epoch
 
-    sampler = build_batch_sampler(
-        type=config_value(config, path, "batch_type", "folded"),
-        batch_size=int(config_value(config, path, "batch_size", 20)),
-        batch_bins=batch_bins,
-        shape_files=[f"{stats}/train/speech_shape", f"{stats}/train/text_shape"],
-        sort_in_batch=config_value(config, path, "sort_in_batch", "descending"),
-        sort_batch=config_value(config, path, "sort_batch", "ascending"),
-    )
-    return len(sampler) // int(config_value(config, path, "accum_grad", 1))
+    return batches_per_epoch(
+        config_value(config, path, "batch_type", "folded"), int(config_value(config, path, "batch_size", 20)),
+        batch_bins, [f"{stats}/train/speech_shape", f"{stats}/train/text_shape"],
+        config_value(config, path, "sort_in_batch", "descending"), config_value(config, path, "sort_batch", "ascending"),
+        int(config_value(config, path, "accum_grad", 1)))
 
 
 def schedule_steps(runs: list[tuple[Run, dict, str, int]]) -> dict[Run, int]:

@@ -2,7 +2,7 @@
 
 The mini recipe's tiny ChatGLM3 is random; the speech phases keep it frozen under LoRA, so whatever it knows
 of Chinese it must know before. Each sentence is a reply, as the speech LLMs' targets are (models/prompts.py):
-``[gMASK] sop <|assistant|>`` then ``encode(sentence) </s>``, the loss on the reply only. Every weight trains
+``[gMASK] sop <|assistant|> \n`` then ``encode(sentence) </s>``, the loss on the reply only. Every weight trains
 (AdamW, linear warmup and decay); a held-out part of the text, drawn by the seed, picks the epoch: training
 stops once it has not improved for ``patience`` epochs and the best epoch's weights are written back into the
 official checkpoint. The baseline is a character unigram of the training part (add-one over the tokenizer's
@@ -38,8 +38,6 @@ from espnet_llm.llm.chatglm3 import load_chatglm3, save_into_chatglm3
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 
 STAMP = "pretrain.json"
-# What precedes an answer in the speech LLMs' prompts, less the speech and task token that plain text lacks.
-CONTEXT = ("[gMASK]", "sop", "<|assistant|>")
 IGNORE = -100
 
 
@@ -67,6 +65,11 @@ def read_config(yaml_file) -> PretrainConfig | None:
     """The ``pretrain:`` mapping of a tiny_models YAML, or None where it has none."""
     mapping = (yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8")) or {}).get("pretrain")
     return None if mapping is None else PretrainConfig.from_mapping(mapping)
+
+
+def reply_context(tokenizer: ChatGLM3Tokenizer) -> list[int]:
+    """What precedes an answer in the speech LLMs' prompts, less the user turn that plain text lacks."""
+    return tokenizer.prefix_ids + tokenizer.build_message("assistant", "")
 
 
 def sha256_of(path) -> str:
@@ -162,7 +165,7 @@ def pretrain(model_dir, config: PretrainConfig) -> dict:
     start = time.time()
     torch.manual_seed(config.seed)  # the global generator: attention dropout, where a config.json has some
     tokenizer = ChatGLM3Tokenizer(model_dir / "tokenizer.model")
-    context = [tokenizer.token_id(name) for name in CONTEXT]
+    context = reply_context(tokenizer)
     train_text, held_out_text = split_held_out(read_sentences(config.text), config.held_out, config.seed)
     train, held_out = reply_ids(tokenizer, train_text), reply_ids(tokenizer, held_out_text)
     unigram = math.exp(unigram_nll(train, held_out, len(tokenizer)))
@@ -223,7 +226,7 @@ def evaluate(model_dir, config: PretrainConfig, kaldi_texts: list[Path]) -> dict
     train_text, _ = split_held_out(pretraining, config.held_out, config.seed)
     sentences = [sentence for path in kaldi_texts for sentence in read_kaldi_text(path)]
     replies = reply_ids(tokenizer, sentences)
-    context = [tokenizer.token_id(name) for name in CONTEXT]
+    context = reply_context(tokenizer)
     nll = mean_nll(load_chatglm3(model_dir), context, replies, tokenizer.pad_id, config.batch_size)
     return {
         "sentences": len(sentences),

@@ -11,8 +11,8 @@ from espnet_llm.models.speech_llm import SpeechLLM
 
 
 class DecoderOnlySpeechLLM(SpeechLLM):
-    """``[gMASK] sop <|user|> {speech of h1} <|sep|> ... {speech of the current utterance} <|task|> <|assistant|>
-    {target} </s>``."""
+    """``[gMASK] sop <|user|> \\n {speech of h1} <|sep|> ... {speech of the current utterance} <|task|> <|assistant|>
+    \\n {target} </s>``."""
 
     def __init__(self, speech_encoder, adapter, llm, layout, **kwargs):
         if adapter is None:

@@ -1,6 +1,6 @@
 """Encoder-decoder speech LLM: ChatGLM3 layers cross-attend to Whisper features through tanh gates.
 
-No speech in the prompt: ``[gMASK] sop <|user|> <|task|> <|assistant|> {target} </s>``. The memory holds the
+No speech in the prompt: ``[gMASK] sop <|user|> \\n <|task|> <|assistant|> \\n {target} </s>``. The memory holds the
 history utterances and the current one; attention ignores the order of its keys, so a learned embedding of each
 frame's segment (counted back from the current utterance; ``SpeechLLM.segment_embedding``) is in the memory
 before the keys and values; the answer's tokens carry the same count as their part (``SpeechLLM.part_embedding``),

@@ -1,8 +1,8 @@
 """Hybrid speech LLM: the decoder-only model's speech embeddings in the prompt, and the encoder-decoder model's
 gated cross-attention to the Whisper features before the LLM layers.
 
-``[gMASK] sop <|user|> {speech of h1} <|sep|> ... {speech of the current utterance} <|task|> <|assistant|>
-{target} </s>``, with every (or each chosen) layer also attending to the segment-embedded Whisper features. The
+``[gMASK] sop <|user|> \\n {speech of h1} <|sep|> ... {speech of the current utterance} <|task|> <|assistant|>
+\\n {target} </s>``, with every (or each chosen) layer also attending to the segment-embedded Whisper features. The
 cross-attention's output projections start at zero, so the untrained hybrid is the decoder-only model.
 """
 from __future__ import annotations

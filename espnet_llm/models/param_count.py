@@ -15,11 +15,13 @@ def component(name: str) -> str:
         return "cross-attention"
     if name.startswith(("part_embedding.", "segment_embedding.")):
         return "segment embeddings"
-    if name.startswith("adapter."):
+    if name.startswith(("adapter.", "prompt_adapter.")):  # the hybrid's adapter makes its prompt's speech
         return "adapter"
     if name.startswith("speech_encoder."):
         return "speech encoder"
-    return "LLM"
+    if name.startswith("llm."):
+        return "LLM"
+    return name.split(".")[0]  # a module of its own (the CTC head): named, not counted as some other part
 
 
 def trainable_counts(model: nn.Module) -> Counter:

@@ -1,7 +1,8 @@
 """The three tasks' prompt and target layouts in ChatGLM3's chat format, and the parser of model output.
 
-Every sequence reads ``[gMASK] sop <|user|> {speech} <|task|> <|assistant|> {target} </s>``; the
-encoder-decoder model leaves ``{speech}`` out (it attends to the speech instead). Targets:
+Every sequence is one ChatGLM3 chat turn, each role token followed by its empty metadata line as ChatGLM3 was
+trained (llm.tokenizer.build_message): ``[gMASK] sop <|user|> \\n {speech} <|task|> <|assistant|> \\n {target} </s>``;
+the encoder-decoder model leaves ``{speech}`` out (it attends to the speech instead). Targets:
 
 - ``asr_short``: the transcript of the utterance;
 - ``asr_long``:  the transcripts of the K previous utterances, then the current one, joined by ``<|sep|>``;
@@ -84,8 +85,9 @@ class PromptLayout:
         self.tokenizer = tokenizer
         self.task = task
         tid = tokenizer.token_id
-        self.prefix_ids = [tid("[gMASK]"), tid("sop"), tid("<|user|>")]
-        self.suffix_ids = [tid(TASK_TOKEN[task]), tid("<|assistant|>")]
+        # the speech and the task token are the user message; the answer follows the assistant's metadata line
+        self.prefix_ids = tokenizer.prefix_ids + tokenizer.build_message("user", "")
+        self.suffix_ids = [tid(TASK_TOKEN[task])] + tokenizer.build_message("assistant", "")
         self.sep_id = tid(SEPARATOR)
         self.ner_id = tid(NER_TOKEN)
         self.eos_id = tokenizer.eos_id

@@ -33,7 +33,7 @@ from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.whisper_encoder import WhisperArchitecture, WhisperSpeechEncoder
-from espnet_llm.tasks.phase_trainer import PhaseTrainer
+from espnet_llm.tasks.phase_trainer import PhaseTrainer, plan_cycle
 from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
 from espnet_llm.tasks.speech_loader import FaultTolerantLoader
 
@@ -147,6 +147,8 @@ class SpeechLLMTask(AbsTask):
             return
         if args.collect_stats:  # only lengths are collected: ESPnet then builds no model, no LLM is loaded
             args.model_conf = {**args.model_conf, "extract_feats_in_collect_stats": False}
+        else:
+            plan_cycle(args)
         super().main_worker(args)
 
     @classmethod

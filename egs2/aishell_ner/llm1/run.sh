@@ -595,7 +595,7 @@ fi
 
 if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
     score_run() {  # <system>/<phase>: output to its scoring.log, shown when every run is scored
-        local system=${1%%/*} _dir=${expdir}/$1 _feats
+        local _dir=${expdir}/$1
         # at_most runs it as a job of its own, which its first error ends (set -e): then show on run.sh's output
         # (fd 3; the error is raised inside the redirection to the log) where it stopped
         exec 3>&1
@@ -610,28 +610,39 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
                         --out_dir "${_dir}/decode_${dset}${other_speech}/score_cer" | tail -n 1
                 fi
             done
+        } >"${_dir}/scoring.log" 2>&1
+    }
+    measure_run() {  # <system>/<phase>: what a run's model does inside, one run at a time (each holds its model)
+        local system=${1%%/*} _dir=${expdir}/$1 _feats
+        [ "${system}" != conformer ] && [ -f "${_dir}/${inference_model}" ] || return 0
+        {
             if [ "$(${python} -m espnet_llm.bin.speech_llm_runs has_gates "${_dir}/config.yaml")" = true ]; then
                 # static gates from the checkpoint; dynamic ones (a gate a token) measured on the validation set
                 ${python} -m espnet_llm.bin.export_gates --model_file "${_dir}/${inference_model}" \
-                    --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" \
-                    --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"}
+                    --output "${_dir}/gate_values.json" --config "${_dir}/config.yaml" --ngpu "${inference_ngpu}" \
+                    --data_dir "${dumpdir}/raw/${valid_set}" ${whisper_model:+--feats_dir "${feats_dir}"} || return 1
             fi
-            if [ "${system}" != conformer ] && [ -f "${_dir}/${inference_model}" ] \
-                    && [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
+            if [ "$(${python} -m espnet_llm.bin.speech_llm_runs model "${_dir}/config.yaml")" = decoder_only ]; then
                 # the attention share of the current utterance on the prompt's speech, teacher-forced on the valid set
                 _feats=$(${python} -m espnet_llm.bin.speech_llm_runs decode_features --feats_dir "${feats_dir}" \
-                    "${_dir}/config.yaml" "${valid_set}")
+                    "${_dir}/config.yaml" "${valid_set}") || return 1
                 ${python} -m espnet_llm.bin.speech_attention --train_config "${_dir}/config.yaml" \
                     --model_file "${_dir}/${inference_model}" --data_dir "${dumpdir}/raw/${valid_set}" \
-                    ${_feats:+--feats_dir "${_feats}/${valid_set}"} --output "${_dir}/speech_attention.json"
+                    ${_feats:+--feats_dir "${_feats}/${valid_set}"} --ngpu "${inference_ngpu}" \
+                    --output "${_dir}/speech_attention.json" || return 1
             fi
-        } >"${_dir}/scoring.log" 2>&1
+        } >>"${_dir}/scoring.log" 2>&1
     }
-    log "Stage 13: scoring, gates and attention on speech of each run, ${nj} at a time: <run dir>/scoring.log"
+    log "Stage 13: scoring of each run, ${nj} at a time, then gates and attention on speech: <run dir>/scoring.log"
     # shellcheck disable=SC2046
     at_most "${nj}" score_run $(printf '%s\n' "${runs[@]}" | awk '{ print $1 "/" $2 }')
     for run in "${runs[@]}"; do
         read -r system phase _ <<<"${run}"
+        if ! measure_run "${system}/${phase}"; then
+            log "Error: measuring ${system}/${phase}; the end of ${expdir}/${system}/${phase}/scoring.log:"
+            tail -n 5 "${expdir}/${system}/${phase}/scoring.log"
+            exit 1
+        fi
         cat "${expdir}/${system}/${phase}/scoring.log"
     done
     log "Stage 13: RESULTS.md, and the ${valid_set} CER of each run"
