@@ -137,6 +137,7 @@ def test_the_gated_add_keeps_a_small_change_that_bf16_would_erase():
 def test_bf16_frozen_weights_train_under_autocast(tiny_models, arch):
     torch.manual_seed(0)
     model = SpeechLLMTask.build_model(tiny_args(tiny_models, arch, dtype="bfloat16"))
+    model = model.to(dtype=torch.float32, device="cpu")  # what ESPnet's main_worker does (--train_dtype float32)
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what ESPnet's use_amp does on a bf16 GPU
@@ -146,6 +147,12 @@ def test_bf16_frozen_weights_train_under_autocast(tiny_models, arch):
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None and g.dtype == torch.float32 for n, g in grads.items() if "lora_B" in n)
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+def test_a_train_dtype_other_than_float32_is_refused_by_name(tiny_models):
+    model = SpeechLLMTask.build_model(tiny_args(tiny_models, "decoder_only", dtype="bfloat16"))
+    with pytest.raises(ValueError, match="train_dtype bfloat16: the speech LLMs train float32"):
+        model.to(torch.bfloat16)
 
 
 def test_right_padded_rows_need_no_attention_mask(tiny_models):

@@ -215,3 +215,23 @@ def test_a_phase_trained_outside_the_recipe_gets_a_cycle_of_its_own_steps(tiny_m
                            "--output_dir", "exp2", "--scheduler_conf", "warmup_steps=4"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "warmup_steps 4 is not below first_cycle_steps 4" in done.stderr
+
+
+@needs_sox
+def test_bf16_frozen_weights_train_on_the_cpu_with_use_amp(tiny_models, tmp_path):
+    """The full-size configs' dtypes (bf16 Whisper and LLM, float32 adapter and LoRA) and use_amp, trained with
+    --ngpu 0: the CPU gets the bf16 autocast that ESPnet gives a GPU."""
+    data = speak_corpus(tmp_path / "data")
+    config = tiny_config(tiny_models, "decoder_only_short")
+    config["speech_encoder_conf"]["dtype"] = config["llm_conf"]["dtype"] = "bfloat16"
+    config = write_config(tiny_models, "decoder_only_short", tmp_path / "train.yaml", max_epoch=1, use_amp=True,
+                          batch_type="unsorted", batch_size=2, speech_encoder_conf=config["speech_encoder_conf"],
+                          llm_conf=config["llm_conf"])
+    data_args = []
+    for phase in ("train", "valid"):
+        for path, name, kind in data_entries(data, ner=False):
+            data_args += [f"--{phase}_data_path_and_name_and_type", f"{path},{name},{kind}"]
+    shapes = ["--train_shape_file", f"{data}/wav.scp", "--valid_shape_file", f"{data}/wav.scp"]
+    done = run_module("espnet_llm.bin.speech_llm_train", "--config", str(config), *data_args, *shapes,
+                      "--output_dir", "exp", "--ngpu", "0", cwd=tmp_path)
+    assert re.search(r"1epoch results: \[train\] .*loss=\d", done.stderr) and (tmp_path / "exp/1epoch.pth").exists()

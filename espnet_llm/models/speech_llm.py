@@ -75,6 +75,16 @@ class SpeechLLM(AbsESPnetModel):
         if ctc_weight > 0:
             self.ctc_head = nn.Linear(self.memory_size, llm.config.vocab_size)
 
+    def to(self, *args, **kwargs):
+        """Moves the model; a dtype given (ESPnet's main_worker casts every model to ``--train_dtype``) must be
+        float32, what trains already is, and the frozen Whisper and LLM keep the dtype of their config: cast,
+        ChatGLM3-6B's bf16 weights would double to 25 GB in float32."""
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and dtype != torch.float32:
+            raise ValueError(f"train_dtype {str(dtype).removeprefix('torch.')}: the speech LLMs train float32 weights "
+                             "(under autocast with use_amp), beside frozen weights in the dtype their config names")
+        return super().to(device=device, non_blocking=non_blocking) if device is not None else self
+
     @property
     def memory_size(self) -> int:
         """The width of the speech memory: the adapter's output, or Whisper's without an adapter."""

@@ -1,5 +1,6 @@
 """ESPnet's trainer (safe to kill: ``resumable_trainer``), with a phase that continues the optimiser and LR
-schedule of the phase before it, and the speech reliance of validation measured at the last epoch only.
+schedule of the phase before it, the speech reliance of validation measured at the last epoch only, and
+``use_amp`` on the CPU.
 
 The paper trains three phases, each from the last (short-form ASR, long-form ASR, CoT NER). ESPnet's
 ``--init_param`` carries the weights only: AdamW's moments start from zero and the warmup climbs back to the
@@ -91,7 +92,20 @@ def plan_cycle(args: argparse.Namespace) -> None:
                          "the warmup would not end within the cycle; give fewer warmup steps")
 
 
+def cpu_amp(options):
+    """``use_amp`` on the CPU: bf16 autocast, as ESPnet's trainer gives it on a bf16 GPU (its autocast is CUDA's,
+    which leaves CPU ops alone: bf16 frozen weights would meet the float32 adapter and cross-attention)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.use_amp and options.ngpu == 0)
+
+
 class PhaseTrainer(ResumableTrainer):
+    @classmethod
+    def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter, summary_writer, options,
+                        distributed_option) -> bool:
+        with cpu_amp(options):
+            return super().train_one_epoch(model, iterator, optimizers, schedulers, scaler, reporter,
+                                           summary_writer, options, distributed_option)
+
     @classmethod
     def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
         """ESPnet's, with the speech LLMs' speech reliance measured at the last epoch only: its second
@@ -99,7 +113,8 @@ class PhaseTrainer(ResumableTrainer):
         speech_llm = getattr(model, "module", model)  # under DDP, the model inside
         if hasattr(speech_llm, "measure_speech_reliance"):
             speech_llm.measure_speech_reliance = reporter.get_epoch() == options.max_epoch
-        super().validate_one_epoch(model, iterator, reporter, options, distributed_option)
+        with cpu_amp(options):
+            super().validate_one_epoch(model, iterator, reporter, options, distributed_option)
 
     @classmethod
     def build_options(cls, args: argparse.Namespace) -> PhaseTrainerOptions:
