@@ -83,6 +83,11 @@ def test_one_schedule_spans_the_phases_of_a_system(tmp_path, capsys):
     assert speech_llm_runs.main(args + [f"decoder_only long_k0 {long} 0 short"]) == 0
     training = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
     assert training[0].endswith("first_cycle_steps=14") and training[4].endswith("first_cycle_steps=18")
+    # run.sh's --train_args follow the config in training: the plan counts what they make of it
+    train_args = ["--train_args", "--max_epoch 1 --batch_size 10 --scheduler_conf warmup_steps=1"]
+    assert speech_llm_runs.main(args[:1] + train_args + args[1:]) == 0
+    training = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
+    assert training[0].endswith("first_cycle_steps=3")  # 1 batch of short + 2 of long, 1 epoch each
 
 
 def test_a_missing_whisper_is_named(tmp_path):

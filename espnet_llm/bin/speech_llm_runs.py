@@ -25,7 +25,9 @@ from a run's config.yaml), so that the recipe passes paths and reads no YAML its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,13 +259,36 @@ def schedule_steps(runs: list[tuple[Run, dict, str, int]]) -> dict[Run, int]:
     return totals
 
 
+def with_train_args(config: dict, train_args: list[str]) -> dict:
+    """The config as its training reads it: the training options given after it (run.sh's --train_args) replace
+    its keys, a ``--<name>_conf key=value`` one key of the mapping, as ESPnet's parser does."""
+    if not train_args:
+        return config
+    from espnet_llm.tasks.speech_llm import SpeechLLMTask
+
+    parser = SpeechLLMTask.get_parser()
+    for action in parser._actions:  # only what is given (ESPnet's parser reads a --config of its own)
+        if action.dest != "config":
+            action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(train_args)
+    merged = dict(config)
+    for key, value in vars(given).items():
+        if key == "config":
+            continue
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merged[key] = {**config[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def plan(llm_runs: list[Run], args: argparse.Namespace) -> list[str]:
     """The fields of ``plan`` per run, in their order."""
     dim = whisper_dim(args.feature_cache) if args.feature_cache else None
     runs, fields = [], []
     for run in llm_runs:
         path = run.config
-        config = load(path)
+        config = with_train_args(load(path), shlex.split(args.train_args))
         stats = stats_dir(config, path, args.expdir, dim is not None, run.num_history)
         opts = data_opts(args.dumpdir, args.train_set, args.valid_set, args.feats_dir if dim else None)
         if run.num_history is not None:  # after --config: the sweep's K replaces the config's
@@ -272,7 +297,7 @@ def plan(llm_runs: list[Run], args: argparse.Namespace) -> list[str]:
         if dim:
             cached = cached_train_opts(config, path, dim, args.fs)
             opts += cached
-            if "--batch_bins" in cached:
+            if "--batch_bins" in cached and "--batch_bins" not in args.train_args:
                 batch_bins = int(cached[cached.index("--batch_bins") + 1])
         training = [f"--{part}_shape_file {stats}/{part}/{shape}" for part in ("train", "valid")
                     for shape in ("speech_shape", "text_shape")]
@@ -295,6 +320,32 @@ def decode_features(run_config: str, feats_dir: str, sets: list[str]) -> str | N
             raise ConfigError(f"{run_config} was trained on cached Whisper features, and {feats_dir}/{dset}/feats.scp "
                               f"is not there: run stage 6 with this set in --test_sets")
     return feats_dir
+
+
+def answer_to(args: argparse.Namespace) -> str | None:
+    """What ``main`` prints for a question (None: nothing, a check that passed)."""
+    if args.question == "whisper":
+        whisper = feature_whisper(args.configs)
+        return " ".join(whisper) if whisper else ""
+    if args.question == "whisper_dim":
+        return str(whisper_dim(args.model_path))
+    if args.question == "runs":
+        sweep = args.history_sweep.split()
+        if not all(k.isdigit() for k in sweep):
+            raise ConfigError(f"--history_sweep '{args.history_sweep}': must be whole numbers, e.g. \"0 1 2 3 4\"")
+        runs = system_runs(args.system, args.phases.split(), args.conf_dir, args.train_config or None,
+                           [int(k) for k in sweep])
+        return "\n".join(run.line() for run in runs)
+    if args.question == "history_check":
+        history_check([Run.parse(line) for line in args.runs], args.history_k, args.utt2history)
+        return None
+    if args.question == "plan":
+        return "\n".join(plan([Run.parse(line) for line in args.runs], args))
+    if args.question == "decode_features":
+        return decode_features(args.run_config, args.feats_dir, args.sets) or ""
+    if args.question == "model":
+        return load(args.run_config).get("model", "")
+    return shell_word(load(args.run_config).get("model") in GATED_MODELS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--valid_set", required=True)
     plan_parser.add_argument("--feature_cache", metavar="MODEL_PATH", help="the runs train on this Whisper's features")
     plan_parser.add_argument("--feats_dir", help="the features: <feats_dir>/<set>/feats.scp")
+    plan_parser.add_argument("--train_args", default="", help="run.sh's --train_args: they follow the config")
     plan_parser.add_argument("runs", nargs="*", help="lines of `runs`")
     decode_parser = questions.add_parser("decode_features")
     decode_parser.add_argument("--feats_dir", required=True)
@@ -331,28 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     questions.add_parser("model").add_argument("run_config")
     args = parser.parse_args(argv)
     try:
-        if args.question == "whisper":
-            whisper = feature_whisper(args.configs)
-            print(" ".join(whisper) if whisper else "")
-        elif args.question == "whisper_dim":
-            print(whisper_dim(args.model_path))
-        elif args.question == "runs":
-            sweep = args.history_sweep.split()
-            if not all(k.isdigit() for k in sweep):
-                raise ConfigError(f"--history_sweep '{args.history_sweep}': must be whole numbers, e.g. \"0 1 2 3 4\"")
-            runs = system_runs(args.system, args.phases.split(), args.conf_dir, args.train_config or None,
-                               [int(k) for k in sweep])
-            print("\n".join(run.line() for run in runs))
-        elif args.question == "history_check":
-            history_check([Run.parse(line) for line in args.runs], args.history_k, args.utt2history)
-        elif args.question == "plan":
-            print("\n".join(plan([Run.parse(line) for line in args.runs], args)))
-        elif args.question == "decode_features":
-            print(decode_features(args.run_config, args.feats_dir, args.sets) or "")
-        elif args.question == "model":
-            print(load(args.run_config).get("model", ""))
-        else:
-            print(shell_word(load(args.run_config).get("model") in GATED_MODELS))
+        # stdout is the answer run.sh reads: what the libraries print on import (ESPnet's trainer does) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            answer = answer_to(args)
+        if answer is not None:
+            print(answer)
     except ConfigError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

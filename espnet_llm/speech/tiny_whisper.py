@@ -91,9 +91,10 @@ def openai_state_dict(model: WhisperModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_openai_checkpoint(whisper_dir: str | Path, output_file: str | Path) -> Path:
-    """Save the WhisperModel of ``whisper_dir`` as an OpenAI ``.pt`` (``dims`` + ``model_state_dict``)."""
-    model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32)
+def write_openai_checkpoint(whisper: str | Path | WhisperModel, output_file: str | Path) -> Path:
+    """Save a WhisperModel (or that of a transformers directory) as an OpenAI ``.pt`` (``dims`` +
+    ``model_state_dict``)."""
+    model = whisper if isinstance(whisper, WhisperModel) else WhisperModel.from_pretrained(whisper, dtype=torch.float32)
     config = model.config
     dims = {
         "n_mels": config.num_mel_bins,

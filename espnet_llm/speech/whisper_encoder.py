@@ -78,17 +78,28 @@ class _EncoderOfWhisperModel(WhisperEncoder):
 
 
 _ACCEPTED_FORMS = (
-    "a transformers Whisper directory (with config.json), a CTranslate2 Whisper directory (with model.bin) "
-    "or an OpenAI .pt file"
+    "a transformers Whisper directory (with config.json), a CTranslate2 Whisper directory (with model.bin), "
+    "an OpenAI .pt file or a directory holding one (as openai-whisper downloads large-v2.pt)"
 )
+
+
+def openai_checkpoint(path: Path) -> Path | None:
+    """The OpenAI ``.pt`` that ``path`` is, or the one a directory of nothing else holds; None otherwise."""
+    if path.is_file() and path.suffix == ".pt":
+        return path
+    if path.is_dir() and not (path / "config.json").exists() and not (path / "model.bin").exists():
+        found = sorted(path.glob("*.pt"))
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def load_whisper_encoder(model_path: str | Path, dtype: torch.dtype = torch.float32) -> WhisperEncoder:
     """The encoder of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of
     an OpenAI ``.pt`` checkpoint."""
     path = Path(model_path)
-    if path.is_file() and path.suffix == ".pt":
-        return load_openai_whisper_encoder(path, dtype=dtype)
+    if openai_checkpoint(path):
+        return load_openai_whisper_encoder(openai_checkpoint(path), dtype=dtype)
     if is_ctranslate2_whisper_dir(path):  # before config.json: a CTranslate2 directory has one too
         return load_ctranslate2_whisper_encoder(path, dtype=dtype)
     if not (path / "config.json").is_file():
@@ -109,8 +120,8 @@ def whisper_config(model_path: str | Path) -> WhisperConfig:
     """The config of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of an
     OpenAI ``.pt`` checkpoint; no weight is read."""
     path = Path(model_path)
-    if path.is_file() and path.suffix == ".pt":
-        return openai_whisper_config(path)
+    if openai_checkpoint(path):
+        return openai_whisper_config(openai_checkpoint(path))
     if is_ctranslate2_whisper_dir(path):
         return ctranslate2_whisper_config(path)
     if not (path / "config.json").is_file():

@@ -322,7 +322,7 @@ read_llm_plan() {
     local plan
     # shellcheck disable=SC2086
     plan=$(${python} -m espnet_llm.bin.speech_llm_runs plan --expdir "${expdir}" --fs "${fs}" --dumpdir "${dumpdir}" \
-        --train_set "${train_set}" --valid_set "${valid_set}" \
+        --train_set "${train_set}" --valid_set "${valid_set}" --train_args "${train_args}" \
         ${whisper_model:+--feature_cache "${whisper_model}" --feats_dir "${feats_dir}"} "${llm_runs[@]}")
     mapfile -t llm_plan <<<"${plan}"
 }
