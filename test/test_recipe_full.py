@@ -277,3 +277,40 @@ def test_full_size_configs_pass_the_dry_run(tmp_path):
     assert "dry run of encoder_decoder/cot" in output and "dry run of encoder_decoder_dyngate/cot" in output
     assert yaml.safe_load((recipe / "exp" / "encoder_decoder_dyngate" / "short" / "config.yaml").read_text())[
         "model_conf"]["gate"] == "dynamic"
+
+
+SMALL_WIDTH = """\
+chatglm3: {num_layers: 2, hidden_size: 64, ffn_hidden_size: 128, num_attention_heads: 4, kv_channels: 16}
+whisper: {d_model: 64, encoder_layers: 2, decoder_layers: 1, encoder_attention_heads: 4, decoder_attention_heads: 4,
+          encoder_ffn_dim: 128, decoder_ffn_dim: 128}
+"""
+FULL_SIZE_SYSTEMS = ("decoder_only", "encoder_decoder", "encoder_decoder_dyngate", "hybrid")
+
+
+@needs_tools
+def test_the_full_size_configs_run_every_stage_to_results_md(full_run):
+    """local/full_size_check.sh: the full-size configs as they are (bf16 frozen weights, use_amp, Whisper padded to
+    30 s, the LR plan over the phases, checkpoint averaging) through stages 2-13 of ./run.sh --model_size full on
+    the CPU, on 8 + 4 + 4 utterances of the mini corpus, with random models in the published layouts. Here at a
+    small width (the script's default is full width and 2 layers, a 2-core hour), which the same YAML sets."""
+    recipe, _ = full_run
+    (recipe / "small_width.yaml").write_text(SMALL_WIDTH)
+    done = subprocess.run(["local/full_size_check.sh", "--workdir", "full_size_check", "--models_config",
+                           "small_width.yaml"], cwd=recipe, capture_output=True, text=True, timeout=2400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    check = recipe / "full_size_check"
+    assert "pad_to_30s true" in done.stdout and "downloads/whisper-large-v2" in done.stdout
+    rows = summary_rows((check / "RESULTS.md").read_text(encoding="utf-8"))
+    for system in FULL_SIZE_SYSTEMS:
+        cycles = set()
+        for phase in ("short", "long", "cot"):
+            run = check / "exp" / system / phase
+            assert f"{system}/{phase}" in rows
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["llm_conf"]["dtype"] == "bfloat16" and config["use_amp"] is True
+            cycles.add(config["scheduler_conf"]["first_cycle_steps"])
+            assert (run / "valid.acc_current.ave.pth").is_file()
+            assert (run / ("speech_attention.json" if system == "decoder_only" else "gate_values.json")).is_file()
+        assert len(cycles) == 1  # one cycle planned over the system's three phases
+        lrs = re.findall(r"optim0_lr0=([\d.e+-]+)", (check / "exp" / system / "cot" / "train.log").read_text())
+        assert float(lrs[-1]) == pytest.approx(1e-5, rel=0.05)  # the cycle ends at min_lr with the last phase

@@ -546,7 +546,8 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     read_llm_plan  # once, here: the lanes inherit it
     mapfile -t _systems < <(printf '%s\n' "${runs[@]}" | awk '!seen[$1]++ {print $1}')
     _side_by_side=true
-    if [ "${ngpu}" -gt 0 ] || "${dry_run}"; then _side_by_side=false; fi
+    # one lane: GPUs take one run at a time; at full size on the CPU each lane would hold a 6B model
+    if [ "${ngpu}" -gt 0 ] || "${dry_run}" || [ "${model_size}" = full ]; then _side_by_side=false; fi
     train_in_lanes "${_side_by_side}" "${nj}" "${_systems[@]}"
     stage_finished 11
 fi

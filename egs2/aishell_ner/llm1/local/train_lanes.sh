@@ -27,7 +27,8 @@ train_lane() {
 # train_in_lanes <side by side: true|false> <cores> <system>...: side by side (on the CPU), every system trains
 # in its own lane, the cores divided among them as threads (at least one each): a tiny model's step gains
 # little from more threads (2: 1.3x faster), and with whole systems in fewer lanes the lane with two of them
-# finishes long after the other. Otherwise (GPUs, a dry run) one lane: one run at a time takes the GPUs.
+# finishes long after the other. Otherwise (GPUs, a dry run, full size on the CPU) one lane: one run at a time
+# takes the GPUs, or all the cores.
 train_in_lanes() {
     local side_by_side=$1 cores=$2 lanes threads lane i pid failed=false lane_systems
     shift 2
@@ -36,7 +37,7 @@ train_in_lanes() {
         threads=$(( cores > lanes ? cores / lanes : 1 ))
     else
         lanes=1
-        threads=${OMP_NUM_THREADS:-1}
+        threads=${cores}
     fi
     local systems=("$@")
     _lane_pids=()  # global: the trap reads it
