@@ -87,7 +87,9 @@ def measure_dynamic_gates(config: str, model_file: str, data_dir: str, feats_dir
                           batch_size: int, device: str = "cpu") -> dict:
     """The gate_values.json content of a dynamic-gate run, measured on the set of ``data_dir``."""
     # the models: only for dynamic gates
-    from espnet_llm.bin.speech_llm_inference import as_trained, load_model, on_device
+    from espnet2.torch_utils.device_funcs import to_device
+
+    from espnet_llm.bin.speech_llm_inference import as_trained, load_model
     from espnet_llm.bin.speech_llm_runs import DATA_ENTRIES, decode_features
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
@@ -103,7 +105,7 @@ def measure_dynamic_gates(config: str, model_file: str, data_dir: str, feats_dir
         allow_variable_data_keys=True,
     )
     with as_trained(device, train_args):
-        means, tokens = dynamic_gate_means(model, (on_device(batch, device) for _, batch in loader))
+        means, tokens = dynamic_gate_means(model, (to_device(batch, device) for _, batch in loader))
     return {"layers": list(means), "gates": list(means.values()), "gate": "dynamic",
             "num_history": train_args.num_history, "tokens": tokens, "data": str(data)}
 

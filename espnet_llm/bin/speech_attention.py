@@ -18,7 +18,9 @@ import json
 import logging
 from pathlib import Path
 
-from espnet_llm.bin.speech_llm_inference import as_trained, load_model, on_device
+from espnet2.torch_utils.device_funcs import to_device
+
+from espnet_llm.bin.speech_llm_inference import as_trained, load_model
 from espnet_llm.scoring.speech_attention import speech_attention_share
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False), batch_size=args.batch_size,
         inference=True, allow_variable_data_keys=True)
     with as_trained(device, train_args):
-        result = speech_attention_share(model, (on_device(batch, device) for _, batch in loader))
+        result = speech_attention_share(model, (to_device(batch, device) for _, batch in loader))
     history = train_args.num_history if train_args.prompt_task != "asr_short" else 0
     out = {"set": Path(args.data_dir).name, "num_history": history,
            "layers": list(range(len(result["share"]))), **result}

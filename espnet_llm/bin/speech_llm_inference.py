@@ -95,11 +95,6 @@ def as_trained(device: str, train_args):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def on_device(batch: dict, device: str) -> dict:
-    """A collated batch's tensors on ``device`` (utterance ids and other lists stay)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def utterance_lengths(
     data_path_and_name_and_type: list, keys: list[str], num_history: int, shape_file: str | None = None
 ) -> dict[str, int]:

@@ -259,36 +259,39 @@ def schedule_steps(runs: list[tuple[Run, dict, str, int]]) -> dict[Run, int]:
     return totals
 
 
-def with_train_args(config: dict, train_args: list[str]) -> dict:
-    """The config as its training reads it: the training options given after it (run.sh's --train_args) replace
-    its keys, a ``--<name>_conf key=value`` one key of the mapping, as ESPnet's parser does."""
-    if not train_args:
-        return config
+def train_overrides(train_args: str) -> dict:
+    """The training options given after every config (run.sh's --train_args), as ESPnet's parser reads them: a
+    ``--<name>_conf key=value`` gives one key of the mapping."""
+    if not train_args.strip():
+        return {}
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
     parser = SpeechLLMTask.get_parser()
     for action in parser._actions:  # only what is given (ESPnet's parser reads a --config of its own)
         if action.dest != "config":
             action.default = argparse.SUPPRESS
-    given, _ = parser.parse_known_args(train_args)
+    given = vars(parser.parse_known_args(shlex.split(train_args))[0])
+    given.pop("config", None)
+    return given
+
+
+def with_overrides(config: dict, overrides: dict) -> dict:
+    """The config as its training reads it, the overrides after it (a mapping merged key by key)."""
     merged = dict(config)
-    for key, value in vars(given).items():
-        if key == "config":
-            continue
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            merged[key] = {**config[key], **value}
-        else:
-            merged[key] = value
+    for key, value in overrides.items():
+        both_mappings = isinstance(value, dict) and isinstance(config.get(key), dict)
+        merged[key] = {**config[key], **value} if both_mappings else value
     return merged
 
 
 def plan(llm_runs: list[Run], args: argparse.Namespace) -> list[str]:
     """The fields of ``plan`` per run, in their order."""
     dim = whisper_dim(args.feature_cache) if args.feature_cache else None
+    overrides = train_overrides(args.train_args)
     runs, fields = [], []
     for run in llm_runs:
         path = run.config
-        config = with_train_args(load(path), shlex.split(args.train_args))
+        config = with_overrides(load(path), overrides)
         stats = stats_dir(config, path, args.expdir, dim is not None, run.num_history)
         opts = data_opts(args.dumpdir, args.train_set, args.valid_set, args.feats_dir if dim else None)
         if run.num_history is not None:  # after --config: the sweep's K replaces the config's
@@ -297,7 +300,7 @@ def plan(llm_runs: list[Run], args: argparse.Namespace) -> list[str]:
         if dim:
             cached = cached_train_opts(config, path, dim, args.fs)
             opts += cached
-            if "--batch_bins" in cached and "--batch_bins" not in args.train_args:
+            if "--batch_bins" in cached and "batch_bins" not in overrides:
                 batch_bins = int(cached[cached.index("--batch_bins") + 1])
         training = [f"--{part}_shape_file {stats}/{part}/{shape}" for part in ("train", "valid")
                     for shape in ("speech_shape", "text_shape")]

@@ -98,8 +98,8 @@ def load_whisper_encoder(model_path: str | Path, dtype: torch.dtype = torch.floa
     """The encoder of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of
     an OpenAI ``.pt`` checkpoint."""
     path = Path(model_path)
-    if openai_checkpoint(path):
-        return load_openai_whisper_encoder(openai_checkpoint(path), dtype=dtype)
+    if checkpoint := openai_checkpoint(path):
+        return load_openai_whisper_encoder(checkpoint, dtype=dtype)
     if is_ctranslate2_whisper_dir(path):  # before config.json: a CTranslate2 directory has one too
         return load_ctranslate2_whisper_encoder(path, dtype=dtype)
     if not (path / "config.json").is_file():
@@ -120,8 +120,8 @@ def whisper_config(model_path: str | Path) -> WhisperConfig:
     """The config of a transformers Whisper directory, of a CTranslate2 (faster-whisper) directory or of an
     OpenAI ``.pt`` checkpoint; no weight is read."""
     path = Path(model_path)
-    if openai_checkpoint(path):
-        return openai_whisper_config(openai_checkpoint(path))
+    if checkpoint := openai_checkpoint(path):
+        return openai_whisper_config(checkpoint)
     if is_ctranslate2_whisper_dir(path):
         return ctranslate2_whisper_config(path)
     if not (path / "config.json").is_file():
