@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -125,9 +126,9 @@ def stage1(tmp_path_factory):
         reports += [f"{ner_line()}: {u}: ", error]
     expected[aishell.MALFORMED_MARKS] = (3, reports)
     corpus.ner["train"].append(f"{uttid(1, 1)} [王五]在北京")  # a second NER line for a good id
-    write_wav(corpus.wav_dir / "test" / "S0021" / f"{uttid(11, 1)}.wav")  # a dev id's audio again, in test
+    write_wav(corpus.wav_dir / "test" / "S0011" / f"{uttid(11, 1)}.wav")  # a dev id's audio again, in test
     expected[aishell.DUPLICATE_ID] = (2, [f"{ner_line()}: {uttid(1, 1)} already at {train_ner}:1",
-                                          f"S0021/{uttid(11, 1)}.wav: {uttid(11, 1)} also at"])
+                                          f"S0011/{uttid(11, 1)}.wav: {uttid(11, 1)} also at"])
     u = corpus.add("train", 1, 107, "你 好 吗", "你好")
     expected[aishell.TEXT_MISMATCH] = (1, [f"{ner_line()}: {u}"])
     u = corpus.add("train", 1, 108, "", "")
@@ -418,6 +419,28 @@ def test_decoding_checks_the_model_file_before_building_the_model(tmp_path, deco
     message = inference_error(decode_args(config, truncated))
     assert message.startswith(f"ERROR: cannot read the model file {truncated} (truncated, or not a torch checkpoint)")
     assert built == []
+
+
+def test_a_model_is_built_only_with_the_tokenizer_it_was_trained_with(tiny_models, tmp_path, decode_args):
+    from sentencepiece import sentencepiece_model_pb2
+
+    from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
+    from test_speech_llm_train import tiny_config
+
+    trained_with = ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model").fingerprint()
+    other = tmp_path / "chatglm3"
+    shutil.copytree(tiny_models / "chatglm3", other)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((other / "tokenizer.model").read_bytes())
+    del proto.pieces[-62:]  # 62 pieces fewer: every special and task token id shifts by 62
+    (other / "tokenizer.model").write_bytes(proto.SerializeToString())
+    config = {**tiny_config(tiny_models, "decoder_only_short"), "tokenizer_fingerprint": trained_with}
+    config["llm_conf"]["model_path"] = str(other)
+    message = inference_error(decode_args(config, None))
+    now = ChatGLM3Tokenizer(other / "tokenizer.model").fingerprint()["sha256"]
+    assert message.startswith(f"ERROR: {other / 'tokenizer.model'}: sha256 {now[:12]}..., but the model was trained "
+                              f"with a tokenizer of sha256 {trained_with['sha256'][:12]}...")
+    assert "special-token ids shifted: <|asr_long|> <|asr_short|>" in message
 
 
 def test_decoding_names_the_config_key_of_a_missing_llm(tmp_path, decode_args):

@@ -18,7 +18,7 @@ import yaml
 from test_speech_llm_train import SENTENCES, needs_sox, speak_corpus, tiny_config
 
 from espnet_llm.bin.dump_whisper_features import main as dump_main
-from espnet_llm.bin.speech_llm_inference import main as inference_main, utterance_lengths
+from espnet_llm.bin.speech_llm_inference import Speech2Text, main as inference_main, utterance_lengths
 from espnet_llm.bin.speech_llm_train import main as train_main
 from espnet_llm.data_prep.kaldi_dir import read_table
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
@@ -58,6 +58,7 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
     config = yaml.safe_load((tmp_path / "exp_short/config.yaml").read_text())
     assert config["speech_encoder"] == "whisper_cached"
     assert config["speech_encoder_conf"]["output_size"] == WIDTH
+    assert config["tokenizer_fingerprint"] == ChatGLM3Tokenizer(tiny_models / "chatglm3" / "tokenizer.model").fingerprint()
     assert "CachedWhisperFeatures(output_size=64" in caplog.text  # the model summary shows the cache
     assert (tmp_path / "exp_short/1epoch.pth").is_file()
 
@@ -101,6 +102,24 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
         assert [line.split()[0] for line in lines] == keys.read_text().split()
     assert f"{CORRUPT}: broken" in caplog.text and "1 broken" in caplog.text
     assert json.loads((tmp_path / "decode/parse_repairs.json").read_text())["broken_ids"] == [CORRUPT]  # for RESULTS.md
+
+    # a decode in which no utterance could be decoded fails, after writing its empty hypotheses
+    (tmp_path / "only_corrupt").write_text(f"{CORRUPT}\n")
+    with pytest.raises(SystemExit, match="none of the 1 utterances could be decoded"):
+        inference_main(["--output_dir", "decode_corrupt", "--num_workers", "0", "--speech_llm_train_config",
+                        "exp_long/config.yaml", "--speech_llm_model_file", "exp_long/valid.acc_current.ave.pth",
+                        "--data_path_and_name_and_type", speech, "--key_file", str(tmp_path / "only_corrupt")])
+    assert (tmp_path / "decode_corrupt/1best_recog/text").read_text() == f"{CORRUPT} \n"
+    # the library face decodes audio with the model trained on the cache: the frozen Whisper its config names
+    # gives what the dump holds (float16 there), so the answer is the one decoded from the features
+    model = ("exp_long/config.yaml", "exp_long/valid.acc_current.ave.pth")
+    from_audio, from_features = Speech2Text(*model, max_new_tokens=6), Speech2Text(*model, max_new_tokens=6, reads="features")
+    assert from_audio.train_args.speech_encoder == "whisper"
+    uid, history = "S0001W0003", ["S0001W0001", "S0001W0002"]
+    [heard] = from_audio(data / "wav" / f"{uid}.wav", history=[data / "wav" / f"{h}.wav" for h in history])
+    dumped = kaldiio.load_scp(str(feats / "feats.scp"))
+    [read] = from_features(dumped[uid], history=[dumped[h] for h in history])
+    assert heard.token_ids == read.token_ids and heard.score == pytest.approx(read.score, abs=0.05)
 
 
 def test_preprocessor_checks_feature_arrays(tiny_models, caplog):
@@ -154,3 +173,14 @@ def test_dry_run_with_the_cache_and_with_an_openai_checkpoint(tiny_models, tmp_p
                 "--train_shape_file", "x", "--valid_shape_file", "x"])
     written = yaml.safe_load((tmp_path / "exp/config.yaml").read_text())
     assert written["speech_encoder"] == ("whisper_cached" if encoder == "whisper_cached" else "whisper")
+
+
+def test_the_dry_run_refuses_a_number_that_yaml_read_as_text(tiny_models, tmp_path):
+    text = yaml.safe_dump(tiny_config(tiny_models, "decoder_only_short")).replace("lr: 0.002", "lr: 2e-3")
+    assert yaml.safe_load(text)["optim_conf"]["lr"] == "2e-3"  # YAML 1.1: no dot, no float
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"c.yaml: optim_conf lr: '2e-3': text, not a number, to YAML"):
+        train_main(["--dry_run", "true", "--config", str(tmp_path / "c.yaml"), "--output_dir", str(tmp_path / "exp"),
+                    *data_args(["x/feats.scp,speech,kaldi_ark", "x/text,text,text"]),
+                    "--train_shape_file", "x", "--valid_shape_file", "x"])
+    assert not (tmp_path / "exp").exists()

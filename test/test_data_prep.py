@@ -1,4 +1,5 @@
 """Stage 1 (espnet_llm.data_prep.aishell, local/data.sh) and utt2history on small generated AISHELL trees."""
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_good_utterances_are_written_in_kaldi_form(tmp_path):
 
 def test_bad_input_is_reported_counted_and_skipped(tmp_path, capsys):
     duplicates = [
-        ("test", "S0003", "BAC009S0002W0001", None, None),  # the same id's audio again in another set
+        ("test", "S0002", "BAC009S0002W0001", None, None),  # the same id's audio again in another set
         (None, None, "BAC009S0001W0001", None, "[王五]在北京"),  # a second NER line for an id
     ]
     ner_files = write_tree(tmp_path / "corpus", GOOD + BAD + duplicates)
@@ -108,8 +109,12 @@ def test_bad_input_is_reported_counted_and_skipped(tmp_path, capsys):
         aishell.TEXT_MISMATCH: 1,
         aishell.INVALID_UTF8: 0,
         aishell.UNREADABLE_AUDIO: 0,
+        aishell.OTHER_SPEAKERS_DIRECTORY: 0,
+        aishell.IDS_DIFFER_IN_CASE: 0,
         aishell.SPEAKER_WITHOUT_AUDIO: 0,
+        aishell.UNREADABLE_SPEAKER: 0,
         aishell.BAD_TARBALL: 0,
+        aishell.INVISIBLE_CHARACTERS: 0,
     }
     # Only the good utterances survive, the first of each duplicate kept.
     written = {s: set(read_table(tmp_path / "data" / s / "text")) for s in ("train", "dev", "test")}
@@ -130,13 +135,71 @@ def test_bad_input_is_reported_counted_and_skipped(tmp_path, capsys):
         f"transcript without audio: {transcript}:11: BAC009S0001W0100 has no wav file",
         f"transcript without audio: {train_ner}:8: BAC009S0001W0100 has no wav file",
         f"duplicate id: {train_ner}:10: BAC009S0001W0001 already at {train_ner}:1; kept the first",
-        "test/S0003/BAC009S0002W0001.wav: BAC009S0002W0001 also at",
+        "test/S0002/BAC009S0002W0001.wav: BAC009S0002W0001 also at",
         f"empty transcript: {transcript}:12: BAC009S0001W0010 has an empty transcript",
     ]
     for fragment in expected:
         assert fragment in log
     assert len(log.splitlines()) == 11
     assert "WARNING: malformed marks" in capsys.readouterr().err
+
+
+def test_damaged_files_names_and_lines_are_reported_and_counted_never_a_traceback(tmp_path):
+    corpus = tmp_path / "corpus"
+    ner_files = write_tree(corpus, GOOD + [
+        ("train", "S0001", "BAC009S0001W0011", "不过 她 参加 了 亚锦赛", "不过[她]参加了亚锦赛"),
+        ("train", "S0001", "BAC009S0001W0012", "你 好", "你好"),
+        ("train", "S0001", "BAC009S0005W0001", "别人 的", "别人的"),  # filed under another speaker
+        ("train", "S0001", "bac009s0001w0014", None, None),  # the wav's name in lower case ...
+        (None, None, "BAC009S0001W0014", "大小 写", "大小写"),  # ... of these lines
+    ])
+    wav_dir = corpus / "data_aishell" / "wav" / "train"
+    # a stray CR, NUL, BEL, zero-width space, soft hyphen and a mid-line byte-order mark; the NER file in CRLF
+    transcript = corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
+    transcript.write_bytes(transcript.read_bytes().replace("不过 她".encode(), "不过 她\r".encode())
+                           .replace("你 好".encode(), "你\x00\x07 好\u200b\u00ad\ufeff".encode()))
+    ner_files[0].write_bytes(ner_files[0].read_bytes().replace(b"\n", b"\r\n").replace("不过[她]".encode(), "不过[她]\r".encode()))
+    (wav_dir / "S0001" / "BAC009S0001W0013.wav").mkdir()  # a directory named .wav
+    os.mkfifo(wav_dir / "S0001" / "BAC009S0001W0015.wav")
+    os.symlink("S0009", wav_dir / "S0009")  # a speaker directory linked to itself
+    os.close(os.open(os.fsencode(wav_dir / "S0001") + b"/BAC009S0001W0016\xff.wav", os.O_CREAT | os.O_WRONLY))
+    summary = prepare(corpus, ner_files, tmp_path / "data", max_printed_per_kind=100)
+    problems = {kind: n for kind, n in summary.problems.items() if n}
+    assert problems == {aishell.INVISIBLE_CHARACTERS: 3, aishell.UNREADABLE_AUDIO: 3, aishell.UNREADABLE_SPEAKER: 1,
+                        aishell.OTHER_SPEAKERS_DIRECTORY: 1, aishell.IDS_DIFFER_IN_CASE: 1}
+    text, text_ner = read_table(tmp_path / "data/train/text"), read_table(tmp_path / "data/train/text_ner")
+    assert text["BAC009S0001W0011"] == "不过她参加了亚锦赛" and text_ner["BAC009S0001W0011"] == "不过[她]参加了亚锦赛"
+    assert text["BAC009S0001W0012"] == "你好" and set(text) == {"BAC009S0001W0001", "BAC009S0001W0002",
+                                                             "BAC009S0001W0003", "BAC009S0001W0011", "BAC009S0001W0012"}
+    log = (tmp_path / "data" / "local" / "stage1_problems.txt").read_text(encoding="utf-8")
+    for fragment in ["BAC009S0001W0012: removed U+0000 control, U+0007 control, U+200B ZERO WIDTH SPACE, "
+                     "U+00AD SOFT HYPHEN, U+FEFF ZERO WIDTH NO-BREAK SPACE",
+                     "BAC009S0001W0011: removed U+000D control",
+                     "BAC009S0001W0013: a directory, not a wav file", "BAC009S0001W0015: a FIFO, not a wav file",
+                     "BAC009S0001W0016\\udcff.wav: the file name is not UTF-8",
+                     "speaker directory not listed: ", "speaker S0009: Too many levels of symbolic links",
+                     "BAC009S0005W0001 is filed under speaker S0001",
+                     f"bac009s0001w0014 has no transcript line, but {transcript}:"]:
+        assert fragment in log, fragment
+    assert "transcript without audio" not in log and "audio without transcript" not in log
+
+
+def test_a_stage_1_that_fails_half_way_leaves_the_previous_data_as_it_was(tmp_path, monkeypatch):
+    ner_files = write_tree(tmp_path / "corpus", GOOD)
+    prepare(tmp_path / "corpus", ner_files, tmp_path / "data")
+    before = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    write = aishell.write_data_dir
+
+    def killed_at_test(data_dir, utterances):
+        if data_dir.name.startswith("test"):
+            raise KeyboardInterrupt  # as a kill would stop it
+        return write(data_dir, utterances)
+
+    monkeypatch.setattr(aishell, "write_data_dir", killed_at_test)
+    (tmp_path / "corpus" / "data_aishell" / "wav" / "train" / "S0001" / "BAC009S0001W0001.wav").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path / "corpus", ner_files, tmp_path / "data")
+    assert all(p.read_bytes() == content for p, content in before.items())
 
 
 def test_combined_and_split_ner_files_give_the_same_data(tmp_path):

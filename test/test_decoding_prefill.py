@@ -20,9 +20,9 @@ def decoding_model(tiny_models, arch):
 
 
 def decode(model, batch, beam_size):
-    return model.generate(
+    return [best for [best] in model.generate(
         batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size, max_new_tokens=8
-    )
+    )]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -34,7 +34,7 @@ def test_decoding_matches_the_plain_path(tiny_models, arch, beam_size):
     with plain_decoding(model):
         plain = decode(model, batch, beam_size)
     for (ids, score, _), (plain_ids, plain_score, _) in zip(ours, plain):
-        assert ids == plain_ids and abs(score - plain_score) < 1e-5
+        assert ids == plain_ids and torch.allclose(score, plain_score, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -47,8 +47,9 @@ def test_beam_search_runs_the_prompt_for_each_utterance_once(tiny_models, arch):
     calls = []  # (rows, positions) of each LLM forward
     model.llm.decoder_layers[0].register_forward_pre_hook(lambda layer, args: calls.append(tuple(args[0].shape[:2])))
     decode(model, batch, BEAM)
-    # the prompt but its last position for the B rows, then one position at a time for the B * beam rows
-    assert calls[0] == (rows, width - 1) and set(calls[1:]) == {(rows * BEAM, 1)}
+    # the prompt but its last position for the B rows, then one position at a time for the B * beam rows, then
+    # one teacher-forced pass that scores the B answers
+    assert calls[0] == (rows, width - 1) and set(calls[1:-1]) == {(rows * BEAM, 1)} and calls[-1][0] == rows
     calls.clear()
     with plain_decoding(model):
         decode(model, batch, BEAM)
@@ -62,7 +63,8 @@ def test_cross_attention_projects_the_memory_once_per_memory(tiny_models):
     projected = []
     key.register_forward_hook(lambda layer, args, out: projected.append(args[0].shape[0]))
     decode(model, batch, BEAM)
-    assert projected == [len(ROWS), len(ROWS) * BEAM]  # the prompt's memory, then the beams' memory
+    # the prompt's memory, the beams' memory, then the scoring pass's (teacher-forced, as in training)
+    assert projected == [len(ROWS), len(ROWS) * BEAM, len(ROWS)]
     # training projects at every call, so gradients reach the key and value projections
     model.train()
     model(**batch)[0].backward()

@@ -86,6 +86,19 @@ def test_parse_options_rejects_bad_options(options_script, tmp_path, args, messa
     assert result.returncode == 1 and message in result.stderr
 
 
+@pytest.mark.parametrize("line, message", [
+    ("stgae=3", "unknown option --stgae (my.conf line 2)"),
+    ("n_j=1", "unknown option --n_j (my.conf line 2)"),
+    ("PATH=", "unknown option --PATH (my.conf line 2) (not an option of"),
+    ("use_lm=yes", "option --use_lm (my.conf line 2) takes true or false, got 'yes'"),
+    ("stage 3", "my.conf line 2: expected name=value, got 'stage 3'"),
+])
+def test_a_config_file_is_checked_line_by_line_as_the_command_line_is(options_script, tmp_path, line, message):
+    (tmp_path / "my.conf").write_text(f"# options\n{line}\nstage=4\n")
+    result = run([str(options_script), "--config", "my.conf"], tmp_path)
+    assert result.returncode == 1 and message in result.stderr and "stage=" not in result.stdout
+
+
 # ------------------------------------------------------------------------------------------------
 # utils/run.pl
 

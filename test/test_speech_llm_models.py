@@ -317,9 +317,9 @@ def test_padding_does_not_leak(tiny_models, arch):
         assert torch.allclose(loss_alone, row0, atol=1e-5)
         # decoding: left padding
         single = batch_for(model, short, seed=1)
-        ids_alone, score_alone, _ = model.generate(single["speech"], single["speech_lengths"], max_new_tokens=6)[0]
-        ids_batch, score_batch, _ = model.generate(both["speech"], both["speech_lengths"], max_new_tokens=6)[0]
-        assert ids_alone == ids_batch and abs(score_alone - score_batch) < 1e-3
+        [(ids_alone, score_alone, _)] = model.generate(single["speech"], single["speech_lengths"], max_new_tokens=6)[0]
+        [(ids_batch, score_batch, _)] = model.generate(both["speech"], both["speech_lengths"], max_new_tokens=6)[0]
+        assert ids_alone == ids_batch and torch.allclose(score_alone, score_batch, atol=1e-3)
 
 
 def test_broken_row_is_skipped_and_named(tiny_models, caplog):
@@ -419,6 +419,14 @@ def test_parser_reads_back_and_never_fails(tiny_models):
     assert short.parse(enc("你好") + [short.eos_id] + enc("多余"), 0).text == "你好"
 
 
+def test_entities_of_a_marked_copy_that_differs_index_the_transcript(tiny_models):
+    ner = layout_of(tiny_models, "ner")
+    parsed = ner.parse(ner.target_ids("今天张三在北京", "[张三]去(北京)和(上海)"), num_history=0)
+    assert parsed.kinds == ["ner_text_mismatch"] and "not in it: 上海" in str(parsed.problems[0])
+    assert parsed.text == "今天张三在北京" and parsed.marked == "[张三]去(北京)和(上海)"  # the model's copy, as written
+    assert [(e.type, parsed.text[e.start:e.end]) for e in parsed.entities] == [("PER", "张三"), ("LOC", "北京")]
+
+
 SEP, NER = "<|sep|>", "<|ner|>"
 # (task, answer pieces, history utterances of the row, ran to max_new_tokens) -> (current text, problem kinds)
 PARSE_CASES = {
@@ -481,15 +489,15 @@ def test_generate_tells_the_parser_each_rows_history_and_whether_it_ended(tiny_m
     model.layout.parse = lambda ids, num_history, truncated=False: calls.append((num_history, truncated)) or parse(
         ids, num_history, truncated)
     never_ends = steer(model, model.layout.stop_ids, float("-inf"))
-    out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
-                         max_new_tokens=5)
+    out = [best for [best] in model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"],
+                                             beam_size=beam_size, max_new_tokens=5)]
     never_ends.remove()
     assert calls == [(2, True), (0, True)] and all(len(ids) == 5 and "truncated" in p.kinds for ids, _, p in out)
     calls.clear()
     steer(model, [model.layout.eos_id], 1e4)
     steer(model, [model.layout.sep_id], 5e3)
-    out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
-                         max_new_tokens=5)
+    out = [best for [best] in model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"],
+                                             beam_size=beam_size, max_new_tokens=5)]
     # the answer's shape holds: the row with 2 history utterances may end only after its 2 separators, the
     # row without history at once, and never with a separator (AnswerShape)
     sep = model.layout.sep_id
@@ -507,7 +515,7 @@ def test_a_ner_answer_ends_only_after_its_separators_and_the_ner_token(tiny_mode
     steer(model, [layout.ner_id], 2e3)
     out = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"], beam_size=beam_size,
                          max_new_tokens=5)
-    assert [ids for ids, _, _ in out] == [[layout.sep_id, layout.sep_id, layout.ner_id], [layout.ner_id]]
+    assert [ids for [(ids, _, _)] in out] == [[layout.sep_id, layout.sep_id, layout.ner_id], [layout.ner_id]]
 
 
 def test_max_new_tokens_follows_the_speech(tiny_models):
@@ -539,11 +547,11 @@ def test_trainable_only_checkpoint_reloads_and_decodes_the_same(tiny_models, arc
         fresh.load_state_dict({k: v for k, v in state.items() if "lora_" not in k})
     fresh.load_state_dict(state)
     model.eval(), fresh.eval()
-    out = model.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
-    again = fresh.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
-    assert out[0][0] == again[0][0] and abs(out[0][1] - again[0][1]) < 1e-4
+    [[(ids, score, _)]] = model.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
+    [[(ids_again, score_again, _)]] = fresh.generate(batch["speech"], batch["speech_lengths"], max_new_tokens=8)
+    assert ids == ids_again and torch.allclose(score, score_again, atol=1e-4)
     beams = fresh.generate(batch["speech"], batch["speech_lengths"], beam_size=3, max_new_tokens=8)
-    assert len(beams) == 1 and isinstance(beams[0][0], list)
+    assert len(beams) == 1 and isinstance(beams[0][0][0], list)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -557,7 +565,8 @@ def test_generation_never_emits_embedding_rows_without_a_token(tiny_models, beam
     with torch.no_grad():  # make the padding rows the most likely outputs everywhere
         getattr(output_layer, "base_layer", output_layer).weight[num_tokens:] = 10.0
     batch = batch_for(model, ROWS)
-    for ids, _, parsed in model.generate(batch["speech"], batch["speech_lengths"], beam_size=beam_size, max_new_tokens=5):
+    for [(ids, _, parsed)] in model.generate(batch["speech"], batch["speech_lengths"], beam_size=beam_size,
+                                             max_new_tokens=5):
         assert ids and max(ids) < num_tokens
 
 
@@ -574,19 +583,19 @@ def test_decoding_sees_the_answer_parts_as_training_does(tiny_models, arch, beam
     batch = batch_for(model, ROWS[:1])
     layout = model.layout
     steer(model, [layout.sep_id], 3.0)  # reach the current utterance's part within a few tokens
-    [(ids, score, _)] = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"],
-                                   beam_size=beam_size, max_new_tokens=12)
+    [[(ids, score, _)]] = model.generate(batch["speech"], batch["speech_lengths"], batch["speech_segments"],
+                                         beam_size=beam_size, max_new_tokens=12)
     assert ids.count(layout.sep_id) == 2
     memory, lengths, segments = model.encode_speech(batch["speech"], batch["speech_lengths"], batch["speech_segments"])
     with torch.no_grad():
         hidden, labels = model.teacher_forced_states(memory, lengths, [torch.tensor(ids)], segments)
         logits = model.llm.logits(hidden[0, -len(ids) - 1:-1])
+    # the score: the model's log-probability of each answer token (greedy and beam alike)
+    log_probs = logits.log_softmax(-1)[torch.arange(len(ids)), torch.tensor(ids)]
+    assert torch.allclose(score[:len(ids)], log_probs, atol=1e-5)
     if beam_size == 1:
         logits[2:, layout.sep_id] = float("-inf")  # what AnswerShape bans after the second separator
         assert logits.argmax(-1).tolist() == ids
-    else:  # transformers' beam score: the answer's log-probability over its length
-        log_prob = logits.log_softmax(-1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
-        assert score == pytest.approx(float(log_prob) / len(ids), abs=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

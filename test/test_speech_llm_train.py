@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 import yaml
 from espnet2.train.collate_fn import CommonCollateFn
 
+from espnet_llm.bin.pack import BaseModelMismatch, main as pack_main
 from espnet_llm.bin.speech_llm_inference import Speech2Text, inference
+from espnet_llm.bin.transcribe import main as transcribe_main
 from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker, Voice
 from espnet_llm.data_prep.mini_corpus import resample
+from espnet_llm.scoring.alignment import count_errors
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 from espnet_llm.text.aishell_ner import strip_marks
 
@@ -112,15 +116,80 @@ def test_overfit_four_utterances_then_greedy_decoding_gives_their_transcripts(ti
     assert counts == {"utterances": 4, "broken": 0, "broken_ids": [], "with_problems": 0, "problems": {}}
     assert json.loads((tmp_path / "decode/parse_repairs.json").read_text()) == counts
     assert (tmp_path / "decode/1best_recog/score").exists() and (tmp_path / "decode/1best_recog/token").exists()
-    # the library face: one waveform in, its transcript out
-    speech2text = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"))
+    # the library face: audio in, its transcript out, whatever its rate, channels and sample type
+    speech2text = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), beam_size=2, nbest=2)
     for uid, text in SENTENCES.items():
-        hyp = speech2text(soundfile.read(data / "wav" / f"{uid}.wav", dtype="float32")[0])
-        assert hyp.text == strip_marks(text) and hyp.problems == [] and hyp.score > -1.0
-    with pytest.raises(ValueError, match="the speech: empty or unreadable audio"):
-        speech2text(np.zeros(0, dtype=np.float32))
+        wav, rate = soundfile.read(data / "wav" / f"{uid}.wav", dtype="float32")
+        at_44k = torchaudio.functional.resample(torch.from_numpy(wav), rate, 44100).numpy()
+        stereo_int16 = np.round(np.stack([at_44k, 0.5 * at_44k], axis=1) * 32767).astype(np.int16)
+        for speech, fs in ((data / "wav" / f"{uid}.wav", None), (wav, rate), (stereo_int16, 44100)):
+            best, second = speech2text(speech, fs=fs)
+            assert best.text == strip_marks(text) and best.problems == [] and best.score > -1.0, (uid, fs)
+            # scores: the answer's log-probability, its tokens and end token
+            assert best.score_per_token == pytest.approx(best.score / (len(best.token_ids) + 1))
+            assert second.token_ids != best.token_ids and second.score < best.score
+    with pytest.raises(ValueError, match="the speech: empty audio"):
+        speech2text(np.zeros(0, dtype=np.float32), fs=16000)
+    with pytest.raises(ValueError, match="does not say its sample rate"):
+        speech2text(wav)
     with pytest.raises(ValueError, match="takes no history"):
-        speech2text(np.zeros(16000, dtype=np.float32), history=[np.zeros(16000, dtype=np.float32)])
+        speech2text(np.zeros(16000, dtype=np.float32), history=[np.zeros(16000, dtype=np.float32)], fs=16000)
+    # the decoding CLI reads any rate and channels too: the same transcripts from 44.1-kHz stereo files
+    (tmp_path / "wav44k").mkdir()
+    with open(tmp_path / "wav44k.scp", "w") as scp:
+        for uid in SENTENCES:
+            wav, rate = soundfile.read(data / "wav" / f"{uid}.wav", dtype="float32")
+            at_44k = torchaudio.functional.resample(torch.from_numpy(wav), rate, 44100).numpy()
+            soundfile.write(tmp_path / "wav44k" / f"{uid}.flac", np.stack([at_44k, at_44k], axis=1), 44100)
+            scp.write(f"{uid} {tmp_path / 'wav44k' / f'{uid}.flac'}\n")
+    inference(
+        output_dir=str(tmp_path / "decode44k"), data_path_and_name_and_type=[(str(tmp_path / "wav44k.scp"), "speech", "sound")],
+        speech_llm_train_config=str(exp / "config.yaml"), speech_llm_model_file=str(exp / "model.pth"), num_workers=0,
+    )
+    assert (tmp_path / "decode44k/1best_recog/text").read_text() == (tmp_path / "decode/1best_recog/text").read_text()
+    # a model that travels: packed, moved, and loaded from anywhere over copies of its base models
+    pack_main(["--exp_dir", str(exp), "--model_file", "model.pth", "--outpath", str(tmp_path / "packed/model.zip"),
+               "--decode_config", str(RECIPE_CONF / "decode_speech_llm.yaml")])
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "packed", elsewhere)
+    shutil.rmtree(tmp_path / "packed")
+    for name in ("whisper", "chatglm3"):
+        shutil.copytree(tiny_models / name, elsewhere / "base" / name)
+    base_models = {"llm": elsewhere / "base" / "chatglm3", "speech_encoder": elsewhere / "base" / "whisper"}
+    travelled = Speech2Text.from_pretrained(elsewhere / "model.zip", base_models=base_models)
+    assert travelled.beam_size == 4  # from the packed decode config
+    for uid, text in SENTENCES.items():
+        assert travelled(data / "wav" / f"{uid}.wav")[0].text == strip_marks(text)
+    # the transcriber: a recording of the four sentences with pauses, at 44.1 kHz, split at its pauses by the VAD
+    recording = [np.zeros(8000, dtype=np.float32)]
+    for uid in SENTENCES:
+        recording += [soundfile.read(data / "wav" / f"{uid}.wav", dtype="float32")[0], np.zeros(8000, dtype=np.float32)]
+    soundfile.write(tmp_path / "recording.flac", torchaudio.functional.resample(
+        torch.from_numpy(np.concatenate(recording)), 16000, 44100).numpy(), 44100)
+    (tmp_path / "not_audio.wav").write_bytes(b"RIFF no audio")
+    transcribe_main(["--model", str(elsewhere / "model.zip"), "--base_model", f"llm={base_models['llm']}", "--base_model",
+                     f"speech_encoder={base_models['speech_encoder']}", "--output", str(tmp_path / "out.jsonl"),
+                     "--beam_size", "2", "--nbest", "2", str(tmp_path / "recording.flac"), str(tmp_path / "not_audio.wav")])
+    heard, unreadable = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    # each segment covers its sentence (0.5 s of silence between them) and is nearest its transcript
+    starts = np.cumsum([0.5] + [len(r) / 16000 for r in recording[1:-1]])[::2]
+    sentences = [strip_marks(t) for t in SENTENCES.values()]
+    assert len(heard["segments"]) == len(sentences)
+    for segment, start, sentence, wav in zip(heard["segments"], starts, sentences, recording[1::2]):
+        end = start + len(wav) / 16000
+        assert start - 0.25 < segment["start"] <= start and end <= segment["end"] < end + 0.25
+        distances = [sum(count_errors(list(other), list(segment["text"]))[1:]) for other in sentences]
+        assert distances.index(min(distances)) == sentences.index(sentence) and min(distances) <= 1, segment
+    assert heard["text"] == "".join(s["text"] for s in heard["segments"]) and len(heard["segments"][0]["nbest"]) == 2
+    assert unreadable["input"].endswith("not_audio.wav") and "cannot read audio" in unreadable["error"]
+    with pytest.raises(SystemExit, match="none of the 1 recording"):
+        transcribe_main(["--model", str(elsewhere / "model.zip"), "--base_model", f"llm={base_models['llm']}", "--base_model",
+                         f"speech_encoder={base_models['speech_encoder']}", str(tmp_path / "not_audio.wav")])
+    # a base model that is not the one the pack was trained on is refused
+    config = elsewhere / "base" / "chatglm3" / "config.json"
+    config.write_text(config.read_text().replace("}", ' , "touched": 1}', 1))
+    with pytest.raises(BaseModelMismatch, match="base model llm .*config.json has 1.* bytes, the packed model's"):
+        Speech2Text.from_pretrained(elsewhere / "model.zip", base_models=base_models)
 
 
 def run_module(module: str, *argv: str, cwd: Path, launcher: list[str] = ()) -> subprocess.CompletedProcess:

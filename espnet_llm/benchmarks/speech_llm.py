@@ -327,7 +327,7 @@ def decoding_rtf(model, utterances, batch_size: int, device, bf16: bool, tokens:
         start = time.perf_counter()
         for x in inputs:
             out = model.generate(x["speech"], x["speech_lengths"], beam_size=beam_size, max_new_tokens=tokens)
-            assert all(len(ids) == tokens for ids, _, _ in out), "decoding stopped early"
+            assert all(len(ids) == tokens for [(ids, _, _)] in out), "decoding stopped early"
         synchronize(device)
     return (time.perf_counter() - start) / sum(u.seconds for b in batches for u in b)
 

@@ -12,9 +12,16 @@ transcript) and ``entities`` (``<uttid> PER:张三 LOC:北京``), all sorted by 
 
 Bad input never stops the stage: audio without a transcript, a transcript without audio, malformed
 marks, duplicate ids, a ``text`` that differs from ``text_ner`` without its marks, an empty transcript,
-a line that is not valid UTF-8, a wav file that cannot be opened (a dangling symlink), a speaker
-directory without wavs and a speaker tarball that cannot be unpacked are each reported with file:line,
-path or utterance id, counted in the summary, listed in ``<output_dir>/local/`` and skipped.
+a line that is not valid UTF-8, a wav file that cannot be opened (a dangling symlink, a directory or FIFO
+named .wav, a file name that is not UTF-8), a wav filed under another speaker's directory, a speaker
+directory without wavs or that cannot be listed (a symlink loop), ids of audio and transcript that differ
+only in case, and a speaker tarball that cannot be unpacked are each reported with file:line, path or
+utterance id, counted in the summary, listed in ``<output_dir>/local/`` and skipped. Control and invisible
+characters inside a transcript line (a stray CR, NUL, BEL, zero-width space, soft hyphen, a mid-line
+byte-order mark) are removed, and counted and listed as such; lines end at LF (CRLF files read alike).
+
+The sets are written to ``<output_dir>/<set>.tmp`` and renamed into place only when all are written, so a
+stage 1 killed half-way leaves the previous data directories as they were.
 
 It walks the tree with os.scandir and reads no audio, so the full AISHELL-1 size (141,600
 utterances) takes seconds; ``local/benchmark_data_prep.py`` measures it.
@@ -24,9 +31,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import zlib
@@ -54,8 +63,12 @@ DUPLICATE_ID = "duplicate id"
 TEXT_MISMATCH = "text differs from text_ner"
 INVALID_UTF8 = "transcript line not UTF-8"
 UNREADABLE_AUDIO = "unreadable wav file"
+OTHER_SPEAKERS_DIRECTORY = "wav in another speaker's directory"
+IDS_DIFFER_IN_CASE = "ids differ only in case"
 SPEAKER_WITHOUT_AUDIO = "speaker directory without wavs"
+UNREADABLE_SPEAKER = "speaker directory not listed"
 BAD_TARBALL = "speaker tarball not unpacked"
+INVISIBLE_CHARACTERS = "control or invisible characters removed"  # normalised, the line kept
 PROBLEM_KINDS = (
     AUDIO_WITHOUT_TRANSCRIPT,
     TRANSCRIPT_WITHOUT_AUDIO,
@@ -65,9 +78,14 @@ PROBLEM_KINDS = (
     TEXT_MISMATCH,
     INVALID_UTF8,
     UNREADABLE_AUDIO,
+    OTHER_SPEAKERS_DIRECTORY,
+    IDS_DIFFER_IN_CASE,
     SPEAKER_WITHOUT_AUDIO,
+    UNREADABLE_SPEAKER,
     BAD_TARBALL,
+    INVISIBLE_CHARACTERS,
 )
+KEPT = {INVISIBLE_CHARACTERS}  # kinds that repair an item instead of skipping it
 BOM = "\ufeff"
 
 
@@ -89,11 +107,12 @@ class ProblemReport:
     def add(self, kind: str, where: str, message: str, lost_id: str | None = None) -> None:
         if lost_id is not None:
             self.lost_ids.add(lost_id)
-        line = f"{kind}: {where}: {message}"
+        # a file name may hold bytes that are not UTF-8 (os.fsdecode's surrogates): shown escaped, never fatal
+        line = f"{kind}: {where}: {message}".encode("utf-8", "backslashreplace").decode("utf-8")
         self.entries[kind].append(line)
         count = len(self.entries[kind])
         if count <= self.max_printed_per_kind:
-            print(f"WARNING: {line} (skipped)", file=sys.stderr)
+            print(f"WARNING: {line} ({'kept' if kind in KEPT else 'skipped'})", file=sys.stderr)
         elif count == self.max_printed_per_kind + 1:
             print(f"WARNING: more '{kind}' reports are listed in {self.log_path}", file=sys.stderr)
 
@@ -219,24 +238,52 @@ def scan_audio(wav_dir: Path, problems: ProblemReport) -> dict[str, AudioFile]:
             print(f"WARNING: no {set_dir}: the {subset} set will be empty", file=sys.stderr)
             continue
         with os.scandir(set_dir) as it:
-            speaker_dirs = sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
+            # a symlink first: is_dir() raises on a link loop (ELOOP), which the listing below reports
+            speaker_dirs = sorted((e for e in it if e.is_symlink() or e.is_dir()), key=lambda e: e.name)
         for speaker_dir in speaker_dirs:
-            with os.scandir(speaker_dir.path) as it:
-                wavs = sorted((e for e in it if e.name.lower().endswith(".wav")), key=lambda e: e.name)
+            try:
+                with os.scandir(speaker_dir.path) as it:
+                    wavs = sorted((e for e in it if e.name.lower().endswith(".wav")), key=lambda e: e.name)
+            except OSError as error:  # a symlink loop (ELOOP), a link to nowhere, no permission
+                problems.add(UNREADABLE_SPEAKER, speaker_dir.path, f"speaker {speaker_dir.name}: {error.strerror}")
+                continue
             if not wavs:
                 problems.add(SPEAKER_WITHOUT_AUDIO, speaker_dir.path, f"speaker {speaker_dir.name} has no .wav file")
             for wav in wavs:
                 uttid = wav.name[:-4]
+                found = audio_file(wav, uttid, subset, speaker_dir.name, problems)
+                if found is None:
+                    continue
                 if uttid in audio:
                     problems.add(DUPLICATE_ID, wav.path, f"{uttid} also at {audio[uttid].path}; kept the first")
                     continue
-                try:
-                    num_bytes = wav.stat().st_size  # follows symlinks: a dangling one fails here
-                except OSError as error:
-                    problems.add(UNREADABLE_AUDIO, wav.path, f"{uttid}: {error.strerror}", lost_id=uttid)
-                    continue
-                audio[uttid] = AudioFile(subset, speaker_dir.name, os.path.abspath(wav.path), num_bytes)
+                audio[uttid] = found
     return audio
+
+
+def audio_file(wav: os.DirEntry, uttid: str, subset: str, speaker: str, problems: ProblemReport) -> AudioFile | None:
+    """The wav file of ``uttid`` in ``speaker``'s directory, or None, reported, where it cannot be one."""
+    try:
+        uttid.encode("utf-8")
+    except UnicodeEncodeError:
+        problems.add(UNREADABLE_AUDIO, wav.path, "the file name is not UTF-8: no Kaldi table can name it",
+                     lost_id=uttid)
+        return None
+    try:
+        status = wav.stat()  # follows symlinks: a dangling one, or a loop, fails here
+    except OSError as error:
+        problems.add(UNREADABLE_AUDIO, wav.path, f"{uttid}: {error.strerror}", lost_id=uttid)
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        what = "a directory" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode) else \
+            "not a regular file"
+        problems.add(UNREADABLE_AUDIO, wav.path, f"{uttid}: {what}, not a wav file", lost_id=uttid)
+        return None
+    if speaker.casefold() not in uttid.casefold():  # AISHELL ids hold their speaker (BAC009S0002W0122 is S0002's)
+        problems.add(OTHER_SPEAKERS_DIRECTORY, wav.path, f"{uttid} is filed under speaker {speaker}, whose id it does "
+                     "not hold", lost_id=uttid)
+        return None
+    return AudioFile(subset, speaker, os.path.abspath(wav.path), status.st_size)
 
 
 def read_transcripts(paths: list[Path], problems: ProblemReport) -> dict[str, TranscriptLine]:
@@ -250,9 +297,12 @@ def read_transcripts(paths: list[Path], problems: ProblemReport) -> dict[str, Tr
             raise DataPrepError(f"transcript file not found: {path}")
         try:
             with open(path, "rb") as f:
-                raw_lines = f.read().splitlines()
+                # lines end at LF only (a CR inside a line is a stray character, removed below), CRLF alike
+                raw_lines = [raw.removesuffix(b"\r") for raw in f.read().split(b"\n")]
         except OSError as error:
             raise DataPrepError(f"cannot read transcript file {path}: {error.strerror}") from None
+        if raw_lines and not raw_lines[-1]:
+            raw_lines.pop()
         for lineno, raw in enumerate(raw_lines, 1):
             where = f"{path}:{lineno}"
             try:
@@ -262,7 +312,11 @@ def read_transcripts(paths: list[Path], problems: ProblemReport) -> dict[str, Tr
                 problems.add(INVALID_UTF8, where, f"{uttid}: byte 0x{raw[error.start]:02x} at byte {error.start} "
                              "is not UTF-8", lost_id=uttid)
                 continue
-            fields = line.lstrip(BOM).split(maxsplit=1)
+            line, removed = remove_invisible(line.lstrip(BOM))
+            if removed:
+                problems.add(INVISIBLE_CHARACTERS, where, f"{line.split(maxsplit=1)[0] if line.split() else ''}: "
+                             f"removed {', '.join(removed)}")
+            fields = line.split(maxsplit=1)
             if not fields:
                 continue
             uttid = fields[0]
@@ -271,6 +325,18 @@ def read_transcripts(paths: list[Path], problems: ProblemReport) -> dict[str, Tr
                 continue
             table[uttid] = TranscriptLine(normalize_transcript(fields[1] if len(fields) > 1 else ""), where)
     return table
+
+
+def remove_invisible(line: str) -> tuple[str, list[str]]:
+    """``line`` without control and format characters (Unicode Cc and Cf: CR, NUL, BEL, zero-width space, soft
+    hyphen, byte-order mark...) but tabs, and the names of those removed, each once."""
+    kept, removed = [], {}
+    for ch in line:
+        if ch != "\t" and unicodedata.category(ch) in ("Cc", "Cf"):
+            removed[ch] = f"U+{ord(ch):04X} {unicodedata.name(ch, 'control')}"
+        else:
+            kept.append(ch)
+    return "".join(kept), list(removed.values())
 
 
 # ---------------------------------------------------------------- joining and writing
@@ -284,9 +350,17 @@ def join_utterances(
 ) -> dict[str, list[Utterance]]:
     """Pair audio with both transcripts; every utterance that cannot be paired cleanly is reported and skipped."""
     by_set: dict[str, list[Utterance]] = {subset: [] for subset in SETS}
+    # ids of the transcripts by their case-folded form: a wav named in another case is named as such
+    folded = {uttid.casefold(): (uttid, line) for source in (ner, transcript) for uttid, line in source.items()
+              if uttid not in audio}
     for uttid in sorted(audio):
         wav = audio[uttid]
         plain, marked = transcript.get(uttid), ner.get(uttid)
+        if plain is None and marked is None and uttid.casefold() in folded:
+            other, line = folded[uttid.casefold()]
+            problems.add(IDS_DIFFER_IN_CASE, wav.path, f"{uttid} has no transcript line, but {line.where} has {other}: "
+                         "ids that differ in case are different ids (rename the file or the line)", lost_id=other)
+            continue
         if plain is None or marked is None:
             if uttid not in problems.lost_ids:
                 missing = "the AISHELL transcript" if plain is None else "the AISHELL-NER transcripts"
@@ -376,10 +450,17 @@ def prepare(
     transcript = read_transcripts([root / AISHELL_TRANSCRIPT], problems)
     ner = read_transcripts([Path(p) for p in ner_transcripts], problems)
     by_set = join_utterances(audio, transcript, ner, problems)
-    sets = {subset: write_data_dir(Path(output_dir) / subset, by_set[subset]) for subset in SETS}
+    output_dir = Path(output_dir)
+    for subset in SETS:  # what a killed stage 1 left
+        shutil.rmtree(output_dir / f"{subset}.tmp", ignore_errors=True)
+    sets = {subset: write_data_dir(output_dir / f"{subset}.tmp", by_set[subset]) for subset in SETS}
     problems.write()
     if not any(s.utterances for s in sets.values()):
         raise DataPrepError(f"no utterance survived the checks; see {problems.log_path}")
+    for subset in SETS:  # every set written: now they replace the previous ones, each with one rename
+        if (output_dir / subset).exists():
+            shutil.rmtree(output_dir / subset)
+        (output_dir / f"{subset}.tmp").rename(output_dir / subset)
     return PrepSummary(sets, problems.counts(), time.time() - start)
 
 

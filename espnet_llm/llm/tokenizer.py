@@ -13,6 +13,7 @@ Hand-written because ChatGLM3's own tokenizer is hub code (trust_remote_code), w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -107,6 +108,11 @@ class ChatGLM3Tokenizer:
             ids += self.build_message(past_role, content)
         ids += self.build_message(role, query)
         return ids + [self.special_ids["<|assistant|>"]]
+
+    def fingerprint(self) -> dict:
+        """What a trained model's token ids mean: the sha256 of tokenizer.model, and the ids of the special and task
+        tokens (which follow its vocabulary). Training writes it into config.yaml; another tokenizer is refused."""
+        return {"sha256": hashlib.sha256(self.model_file.read_bytes()).hexdigest(), "special_ids": dict(self.special_ids)}
 
     def tokens(self) -> list[str]:
         """Every token in id order: the sentencepiece pieces, then the specials."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor
 
-from espnet_llm.text.aishell_ner import Entity, mark_entities, parse_marked_lenient, strip_marks
+from espnet_llm.text.aishell_ner import Entity, mark_entities, parse_marked_lenient, place_entities, strip_marks
 
 TASKS = ("asr_short", "asr_long", "ner")
 TASK_TOKEN = {"asr_short": "<|asr_short|>", "asr_long": "<|asr_long|>", "ner": "<|ner|>"}
@@ -41,7 +41,7 @@ PROBLEM_KINDS = {
     "empty_current": "no transcript of the current utterance at all",
     "ner_fallback_text": f"the current transcript taken from the marked one after {NER_TOKEN}",
     "no_ner_token": f"a ner answer without {NER_TOKEN}: no entities",
-    "ner_text_mismatch": "the marked transcript's text is not the transcript: its entities kept, with the transcript",
+    "ner_text_mismatch": "the marked transcript's text is not the transcript: the transcript kept, its entities placed in it",
     "malformed_marks": "entity marks that could not be paired: dropped",
     "stray_task_token": f"{NER_TOKEN} in an ASR answer, or {SEPARATOR} / {NER_TOKEN} after {NER_TOKEN}: dropped",
 }
@@ -201,10 +201,14 @@ class PromptLayout:
             problems.append(Problem("ner_fallback_text", f"{why} before {NER_TOKEN}: the marked transcript's text"))
             text = plain
         elif plain != text:
+            # the entities are returned with ``text``: their offsets index it, not the marked copy
+            placed, unplaced = place_entities(text, entities)
             problems.append(Problem(
                 "ner_text_mismatch",
-                "the marked transcript differs from the transcript before it: entities kept, text from the latter",
+                "the marked transcript differs from the transcript before it: text from the latter, entities "
+                "placed in it" + (f"; not in it: {' '.join(e.text for e in unplaced)}" if unplaced else ""),
             ))
+            return text, mark_entities(plain, entities), placed
         return text, mark_entities(plain, entities), entities
 
 

@@ -318,12 +318,16 @@ class SpeechLLM(AbsESPnetModel):
         speech_segments: torch.Tensor | None = None,
         beam_size: int = 1,
         max_new_tokens: int = 200,
+        nbest: int = 1,
         **kwargs,
-    ) -> list[tuple[list[int], float, ParsedOutput]]:
+    ) -> list[list[tuple[list[int], torch.Tensor, ParsedOutput]]]:
         """Batched greedy (beam_size 1) or beam search with the KV cache, for rows that are not broken.
 
-        Returns per row (generated ids, log-probability, parsed output); broken rows must be removed before.
+        Returns per row its ``nbest`` answers in the search's order, each (generated ids, the log-probability of
+        each answer token and of the end token, parsed output); broken rows must be removed before.
         """
+        if not 1 <= nbest <= beam_size:
+            raise ValueError(f"nbest {nbest}: between 1 and the beam size ({beam_size})")
         memory, memory_lengths, memory_segments = self.encode_speech(speech, speech_lengths, speech_segments)
         embeds, mask = self.left_padded_prompts(memory, memory_lengths, memory_segments)
         cache = None  # greedy search runs the prompt for the B rows anyway
@@ -337,7 +341,7 @@ class SpeechLLM(AbsESPnetModel):
         shape = AnswerShape(self.layout, per_beam)
         with self.attending_to(memory, memory_lengths, memory_segments, repeat=beam_size), self.tagging_parts(per_beam):
             # GlmForCausalLM's generate: peft's puts back its own prepare_inputs_for_generation (LoRA is in place)
-            out = self.llm.causal_lm.generate(
+            sequences = self.llm.causal_lm.generate(
                 logits_processor=LogitsProcessorList([shape]),
                 suppress_tokens=rows_without_token or None,
                 inputs_embeds=embeds,
@@ -345,28 +349,45 @@ class SpeechLLM(AbsESPnetModel):
                 cache=cache,
                 max_new_tokens=max_new_tokens,
                 num_beams=beam_size,
+                num_return_sequences=nbest,
                 do_sample=False,
                 eos_token_id=self.layout.stop_ids,
                 pad_token_id=self.layout.eos_id,
-                return_dict_in_generate=True,
-                output_scores=True,
                 use_cache=True,
-            )
-        if beam_size > 1:
-            scores = out.sequences_scores.tolist()  # length-normalised by transformers' beam search
-        else:
-            steps = self.llm.causal_lm.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        results = []
-        for b, seq in enumerate(out.sequences.tolist()):
+            ).tolist()  # the generated tokens only (no input ids), a row's nbest side by side
+        answers, scored = [], []
+        for seq in sequences:
             ids = seq
             for stop in self.layout.stop_ids:
                 if stop in ids:
                     ids = ids[: ids.index(stop)]
-            score = scores[b] if beam_size > 1 else float(steps[b, : len(ids) + 1].sum())
-            # a row that ended is padded with an end token; one without any ran to max_new_tokens
-            truncated = len(ids) == len(seq)
-            results.append((ids, score, self.layout.parse(ids, num_history[b], truncated)))
+            answers.append(ids)
+            scored.append(seq[: len(ids) + 1])  # with the token that ended it; one that ran on has none
+        rows = torch.arange(len(speech), device=memory.device).repeat_interleave(nbest)
+        log_probs = self.answer_log_probs(memory[rows], memory_lengths[rows], memory_segments[rows], scored)
+        results = []
+        for b in range(len(speech)):
+            row = []
+            for i in range(b * nbest, (b + 1) * nbest):
+                truncated = len(answers[i]) == len(sequences[i])  # a row that ended is padded with an end token
+                row.append((answers[i], log_probs[i], self.layout.parse(answers[i], num_history[b], truncated)))
+            results.append(row)
         return results
+
+    @torch.no_grad()
+    def answer_log_probs(self, memory, memory_lengths, memory_segments, answers: list[list[int]]) -> list[torch.Tensor]:
+        """The log-probability of each token of each answer (its end token included, where it has one) under the
+        model, teacher-forced as in training: greedy and beam search answers are scored alike (transformers'
+        beam scores are length-normalised, its greedy ones are not, and its layout mask renormalises only one)."""
+        targets = [torch.tensor(a, dtype=torch.long, device=memory.device) for a in answers]
+        hidden, labels = self.teacher_forced_states(memory, memory_lengths, targets, memory_segments)
+        hidden, labels = hidden[:, :-1], labels[:, 1:]
+        out = []
+        for b in range(len(answers)):
+            scored = labels[b] != IGNORE
+            log_probs = self.llm.logits(hidden[b][scored]).float().log_softmax(-1)
+            out.append(log_probs.gather(-1, labels[b][scored][:, None])[:, 0].cpu())
+        return out
 
     @contextlib.contextmanager
     def tagging_parts(self, num_history: list[int]):

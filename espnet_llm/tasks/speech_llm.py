@@ -33,9 +33,10 @@ from espnet_llm.models.param_count import trainable_report
 from espnet_llm.models.prompts import TASKS, PromptLayout
 from espnet_llm.speech.cached_encoder import CachedWhisperFeatures
 from espnet_llm.speech.whisper_encoder import WhisperArchitecture, WhisperSpeechEncoder
+from espnet_llm.tasks.config_checks import check_numbers
 from espnet_llm.tasks.phase_trainer import PhaseTrainer, plan_cycle
 from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
-from espnet_llm.tasks.speech_loader import FaultTolerantLoader
+from espnet_llm.tasks.speech_loader import open_entry
 
 model_choices = ClassChoices(
     "model",
@@ -77,6 +78,11 @@ class SpeechLLMTask(AbsTask):
         group.add_argument(
             "--num_history", type=int, default=0,
             help="previous utterances of the speaker put before the current one (asr_long and ner)",
+        )
+        group.add_argument(
+            "--tokenizer_fingerprint", action=NestedDictAction, default=None,
+            help="written by training (the sha256 of the LLM's tokenizer.model and its special-token ids): "
+            "a model is built only with the tokenizer it was trained with",
         )
         group.add_argument(
             "--preprocessor_conf", action=NestedDictAction, default=dict(),
@@ -124,6 +130,7 @@ class SpeechLLMTask(AbsTask):
         """load_weights=False: the architecture only, from the config files (run under the meta device)."""
         llm_model_path(args)
         llm = llm_choices.get_class(args.llm)(**args.llm_conf, load_weights=load_weights)
+        check_tokenizer(getattr(args, "tokenizer_fingerprint", None), llm.tokenizer)
         speech_class = speech_encoder_choices.get_class(args.speech_encoder)
         if load_weights or speech_class is CachedWhisperFeatures:  # the cache has no weights to skip
             speech_encoder = speech_class(**args.speech_encoder_conf)
@@ -142,6 +149,7 @@ class SpeechLLMTask(AbsTask):
 
     @classmethod
     def main_worker(cls, args: argparse.Namespace):
+        check_numbers(args)
         if args.dry_run:
             cls.dry_run(args)
             return
@@ -149,6 +157,8 @@ class SpeechLLMTask(AbsTask):
             args.model_conf = {**args.model_conf, "extract_feats_in_collect_stats": False}
         else:
             plan_cycle(args)
+            if args.tokenizer_fingerprint is None:  # recorded in config.yaml; a continued phase checks its own
+                args.tokenizer_fingerprint = cls.tokenizer(args).fingerprint()
         super().main_worker(args)
 
     @classmethod
@@ -206,6 +216,25 @@ class SpeechLLMTask(AbsTask):
         )
 
 
+class TokenizerMismatch(ValueError):
+    """A model built with another tokenizer than the one it was trained with."""
+
+
+def check_tokenizer(trained_with: dict | None, tokenizer) -> None:
+    """Refuse a tokenizer other than the one a model was trained with (its token ids would mean other text)."""
+    if trained_with is None:
+        return
+    now = tokenizer.fingerprint()
+    if now != trained_with:
+        shifted = sorted(k for k, v in now["special_ids"].items() if trained_with.get("special_ids", {}).get(k) != v)
+        raise TokenizerMismatch(
+            f"{tokenizer.model_file}: sha256 {now['sha256'][:12]}..., but the model was trained with a tokenizer of "
+            f"sha256 {str(trained_with.get('sha256'))[:12]}... (tokenizer_fingerprint in its config)"
+            + (f"; special-token ids shifted: {' '.join(shifted)}" if shifted else "")
+            + ": use the LLM directory the model was trained with"
+        )
+
+
 def read_keys(path: str) -> list[str]:
     """The utterance ids of a key file or scp (first column), in file order."""
     with open(path, encoding="utf-8") as f:
@@ -213,8 +242,8 @@ def read_keys(path: str) -> list[str]:
 
 
 def fault_tolerant(dataset: ESPnetDataset) -> ESPnetDataset:
-    """An unreadable audio file, or an utterance the feature dump lists as failed, becomes an empty
-    utterance (logged by id, skipped by the model)."""
+    """Audio read as the model hears it (any rate and channels); an unreadable audio file, or an utterance the
+    feature dump lists as failed, becomes an empty utterance (logged by id, skipped by the model)."""
     path, data_type = dataset.debug_info["speech"]
-    dataset.loader_dict["speech"] = FaultTolerantLoader(dataset.loader_dict["speech"], path, data_type)
+    dataset.loader_dict["speech"] = open_entry(path, data_type)
     return dataset

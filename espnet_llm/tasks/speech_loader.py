@@ -1,5 +1,6 @@
-"""Reading one scp entry for the speech LLMs: ESPnet's loader of its data type, made to survive an unreadable
-entry (logged with its id and read as empty, which the model skips and counts)."""
+"""Reading one scp entry for the speech LLMs: audio (``sound``) as the model hears it (16 kHz mono, resampled and
+checked: speech.audio_input), anything else with ESPnet's loader of its data type; either made to survive an
+unreadable entry (logged with its id and read as empty, which the model skips and counts)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from espnet2.fileio.read_text import read_2columns_text
 from espnet2.train.dataset import DATA_TYPES
+
+from espnet_llm.speech.audio_input import ModelAudioScp
 
 
 class FaultTolerantLoader(Mapping):
@@ -46,8 +49,11 @@ class FaultTolerantLoader(Mapping):
 
 
 def open_entry(path: str, data_type: str) -> Mapping:
-    """ESPnet's loader for one scp (sound, kaldi_ark, ...), wrapped to survive unreadable entries."""
+    """The loader of one scp (sound: as the model hears it; kaldi_ark, ...: ESPnet's), made to survive unreadable
+    entries."""
+    if data_type == "sound":
+        return FaultTolerantLoader(ModelAudioScp(path), path, data_type)
     spec = DATA_TYPES[data_type]
-    kwargs = {"float_dtype": "float32", "allow_multi_rates": False, "max_cache_fd": 0}
+    kwargs = {"float_dtype": "float32", "max_cache_fd": 0}
     loader = spec["func"](path, **{k: kwargs[k] for k in spec["kwargs"] if k in kwargs})
     return FaultTolerantLoader(loader, path, data_type)

@@ -115,6 +115,20 @@ def mark_entities(plain: str, entities: list[Entity]) -> str:
     return "".join(out)
 
 
+def place_entities(text: str, entities: list[Entity]) -> tuple[list[Entity], list[Entity]]:
+    """(placed, unplaced): the entities (of another copy of the transcript) found in ``text``, in order, with
+    their offsets into ``text``; and those whose string it does not have after the previous one's end."""
+    placed, unplaced, pos = [], [], 0
+    for ent in sorted(entities, key=lambda e: e.start):
+        at = text.find(ent.text, pos)
+        if at < 0:
+            unplaced.append(ent)
+            continue
+        placed.append(Entity(ent.type, ent.text, at, at + len(ent.text)))
+        pos = at + len(ent.text)
+    return placed, unplaced
+
+
 def strip_marks_of_table(marked_table: str, plain_table: str) -> None:
     """Write a Kaldi text file (``<uttid> <marked transcript>`` lines) with the transcripts' marks removed."""
     with open(marked_table, encoding="utf-8", newline="") as marked, \
