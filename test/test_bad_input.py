@@ -141,7 +141,27 @@ def stage1(tmp_path_factory):
     link = corpus.wav_dir / "train" / "S0002" / f"{uttid(2, 110)}.wav"
     link.symlink_to(corpus.root / "elsewhere" / link.name)
     corpus.add("train", 2, 110, "北京 下雨", "(北京)下雨", wav=False)
-    expected[aishell.UNREADABLE_AUDIO] = (1, [f"{link}: {uttid(2, 110)}: No such file or directory"])
+    # Named .wav, but no wav file: a directory, a FIFO, a symlink to a directory; and a name that is not UTF-8.
+    speaker1 = corpus.wav_dir / "train" / "S0001"
+    (speaker1 / f"{uttid(1, 120)}.wav").mkdir()
+    os.mkfifo(speaker1 / f"{uttid(1, 121)}.wav")
+    (speaker1 / f"{uttid(1, 122)}.wav").symlink_to(corpus.wav_dir / "train")
+    os.close(os.open(os.fsencode(speaker1 / uttid(1, 123)) + b"\xff.wav", os.O_CREAT | os.O_WRONLY))
+    expected[aishell.UNREADABLE_AUDIO] = (5, [f"{link}: {uttid(2, 110)}: No such file or directory",
+                                              f"{uttid(1, 120)}: a directory, not a wav file",
+                                              f"{uttid(1, 121)}: a FIFO, not a wav file",
+                                              f"{uttid(1, 122)}: a directory, not a wav file",
+                                              f"{uttid(1, 123)}\\udcff.wav: the file name is not UTF-8"])
+    # A wav filed under another speaker; a wav whose name differs from its transcript lines' id in case; a speaker
+    # directory linked to itself (ELOOP: a traceback before).
+    u = corpus.add("train", 1, 124, "别人 的", "别人的", wav=False)
+    write_wav(corpus.wav_dir / "train" / "S0002" / f"{u}.wav")
+    expected[aishell.OTHER_SPEAKERS_DIRECTORY] = (1, [f"S0002/{u}.wav: {u} is filed under speaker S0002"])
+    u = corpus.add("train", 2, 125, "大小 写", "大小写", wav=False)
+    write_wav(corpus.wav_dir / "train" / "S0002" / f"{u.lower()}.wav")
+    expected[aishell.IDS_DIFFER_IN_CASE] = (1, [f"{u.lower()} has no transcript line, but {transcript}:"])
+    (corpus.wav_dir / "train" / "S0009").symlink_to("S0009")
+    expected[aishell.UNREADABLE_SPEAKER] = (1, ["S0009: speaker S0009: Too many levels of symbolic links"])
     # A speaker directory without a wav.
     (corpus.wav_dir / "dev" / "S0013").mkdir(parents=True)
     expected[aishell.SPEAKER_WITHOUT_AUDIO] = (1, [f"{corpus.wav_dir / 'dev' / 'S0013'}: speaker S0013 has no .wav file"])
@@ -163,6 +183,19 @@ def stage1(tmp_path_factory):
     with open(ner_files[1], "ab") as f:
         f.write(f"\ufeff{u} (上海)下雨\n".encode())
     corpus.good["dev"].add(u)
+    # Control and invisible characters inside lines, removed with the utterance kept (a stray CR cut the line there,
+    # and in one file made a false mismatch and shifted the line numbers after it); the test NER file in CRLF.
+    for n, plain, marked in [(20, "不过 她\r参加 了", "不过[她]\r参加了"), (21, "你\x00\x07 好\u200b", "你\u00ad好\ufeff")]:
+        u = uttid(2, n)
+        write_wav(corpus.wav_dir / "train" / "S0002" / f"{u}.wav")
+        for path, line in ((transcript, plain), (train_ner, marked)):
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                f.write(f"{u} {line}\n")
+        corpus.good["train"].add(u)
+    expected[aishell.INVISIBLE_CHARACTERS] = (4, [f"{uttid(2, 20)}: removed U+000D control",
+                                                  "U+0000 control, U+0007 control, U+200B ZERO WIDTH SPACE",
+                                                  "U+00AD SOFT HYPHEN, U+FEFF ZERO WIDTH NO-BREAK SPACE"])
+    ner_files[2].write_bytes(ner_files[2].read_bytes().replace(b"\n", b"\r\n"))
 
     status, out, err = run_stage1(corpus.root / "data_aishell", ner_files, root / "data")
     return {"status": status, "out": out, "err": err, "expected": expected, "good": corpus.good, "data": root / "data",
@@ -171,7 +204,8 @@ def stage1(tmp_path_factory):
 
 STAGE1_KINDS = (aishell.AUDIO_WITHOUT_TRANSCRIPT, aishell.TRANSCRIPT_WITHOUT_AUDIO, aishell.MALFORMED_MARKS,
                 aishell.DUPLICATE_ID, aishell.TEXT_MISMATCH, aishell.EMPTY_TRANSCRIPT, aishell.UNREADABLE_AUDIO,
-                aishell.SPEAKER_WITHOUT_AUDIO, aishell.INVALID_UTF8)
+                aishell.SPEAKER_WITHOUT_AUDIO, aishell.INVALID_UTF8, aishell.OTHER_SPEAKERS_DIRECTORY,
+                aishell.IDS_DIFFER_IN_CASE, aishell.UNREADABLE_SPEAKER, aishell.INVISIBLE_CHARACTERS)
 
 
 @pytest.mark.parametrize("kind", STAGE1_KINDS)
@@ -193,6 +227,7 @@ def test_stage1_keeps_every_good_utterance_and_reports_nothing_else(stage1):
         assert set(table(data / subset / "text_ner")) == stage1["good"][subset], subset
     assert table(data / "train" / "text_ner")[uttid(1, 1)] == "[张三]在(北京)"  # the first of a duplicate kept
     assert table(data / "dev" / "text_ner")[uttid(12, 4)] == "(上海)下雨"  # after the byte-order mark
+    assert table(data / "train" / "text")[uttid(2, 20)] == "不过她参加了" and table(data / "train" / "text")[uttid(2, 21)] == "你好"
     expected_total = sum(count for count, _ in stage1["expected"].values())
     assert sum(summary_counts(stage1["out"]).values()) == expected_total
     assert len(stage1["log"].splitlines()) == expected_total

@@ -13,6 +13,7 @@ import logging
 import kaldiio
 import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 from test_speech_llm_train import SENTENCES, needs_sox, speak_corpus, tiny_config
@@ -20,6 +21,7 @@ from test_speech_llm_train import SENTENCES, needs_sox, speak_corpus, tiny_confi
 from espnet_llm.bin.dump_whisper_features import main as dump_main
 from espnet_llm.bin.speech_llm_inference import Speech2Text, main as inference_main, utterance_lengths
 from espnet_llm.bin.speech_llm_train import main as train_main
+from espnet_llm.bin.transcribe import main as transcribe_main
 from espnet_llm.data_prep.kaldi_dir import read_table
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 from espnet_llm.models.prompts import PromptLayout
@@ -120,6 +122,24 @@ def test_cli_trains_short_and_long_phases_on_dumped_features_and_decodes(tiny_mo
     dumped = kaldiio.load_scp(str(feats / "feats.scp"))
     [read] = from_features(dumped[uid], history=[dumped[h] for h in history])
     assert heard.token_ids == read.token_ids and heard.score == pytest.approx(read.score, abs=0.05)
+
+    # the transcriber on a two-minute recording of the speaker's utterances with pauses: split at the pauses, each
+    # segment decoded with the previous segments (the config's num_history) as its history
+    wavs = [soundfile.read(data / "wav" / f"{u}.wav", dtype="float32")[0] for u in sorted(SENTENCES)]
+    pause = np.zeros(8000, dtype=np.float32)
+    recording = np.concatenate([pause] + [piece for _ in range(40) for w in wavs for piece in (w, pause)])
+    recording = recording[:120 * 16000]
+    soundfile.write(tmp_path / "two_minutes.wav", recording, 16000)
+    histories = []
+    decode = Speech2Text.__call__
+    monkeypatch.setattr(Speech2Text, "__call__", lambda self, speech, history=(), fs=None: histories.append(
+        len(history)) or decode(self, speech, history, fs))
+    transcribe_main(["--model", "exp_long", "--output", "two_minutes.jsonl", str(tmp_path / "two_minutes.wav")])
+    [record] = [json.loads(line) for line in (tmp_path / "two_minutes.jsonl").read_text().splitlines()]
+    num_history = yaml.safe_load((tmp_path / "exp_long/config.yaml").read_text())["num_history"]
+    assert record["seconds"] == 120.0 and len(record["segments"]) == len(histories) > 40
+    assert histories == [min(i, num_history) for i in range(len(histories))]
+    assert record["text"] == "".join(s["text"] for s in record["segments"])
 
 
 def test_preprocessor_checks_feature_arrays(tiny_models, caplog):

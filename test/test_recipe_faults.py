@@ -126,6 +126,7 @@ BAD_OPTIONS = [
     (["--test_sets", "dev tset", "--stage", "12", "--stop_stage", "12"],
      "Error: dump/raw/tset/wav.scp not found (a set of --train_set, --valid_set or --test_sets)"),
     (["--train_set", "a/b"], "Error: --train_set 'a/b': must be data set names"),
+    (["--dumpdir", "my dump"], "Error: --dumpdir 'my dump': must not contain spaces"),
     (["--train_config", "missing.yaml"], "Error: --train_config 'missing.yaml': is not a file"),
     (["--inference_config", "missing.yaml"], "Error: --inference_config 'missing.yaml': is not a file"),
     (["--stage", "1", "--aishell_root", "/nonexistent"], "Error: --aishell_root '/nonexistent': is not a directory"),
@@ -204,6 +205,27 @@ def test_stage_12_killed_decodes_the_same_again(recipe, reference):
     assert not (decode_dir / "text").exists() or digests(decode_dir)["text"] == reference["12"]["text"]
     run_sh(recipe, "--stage", "12", "--stop_stage", "12", *SMALL)
     assert digests(decode_dir) == reference["12"] and not leftovers(decode_dir)
+
+
+@needs_sox
+def test_one_run_sh_at_a_time_in_a_recipe_directory(recipe):
+    lock, decoding = recipe / ".run.sh.lock", ["--stage", "12", "--stop_stage", "12", *SMALL]
+    seen = []
+
+    def second_run_while_the_first_holds_the_lock():
+        line = lock.read_text().strip() if lock.exists() else ""
+        if line.startswith("PID "):
+            seen.append((line, subprocess.run(["./run.sh", *decoding], cwd=recipe, capture_output=True, text=True,
+                                              timeout=300)))
+        return bool(seen)
+
+    run_and_kill(recipe, decoding, second_run_while_the_first_holds_the_lock)
+    line, second = seen[0]
+    assert second.returncode == 1 and f"Error: another run.sh is running in {recipe}: {line}. Wait" in second.stdout
+    # the killed run's line stays: the next run says whose it was, takes the lock over, and frees it at its end
+    after = run_sh(recipe, *decoding)
+    assert f"The lock of a run.sh that ended without releasing it is taken over: {line}" in after
+    assert lock.read_text() == ""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ $(sed -n '/^# General$/,/^gpu_inference=/p' "$0")
 EOF
 )
 
+run_command="$0 $*"  # for the lock below, before parse_options.sh takes the options
 . utils/parse_options.sh || exit 1
 if [ $# -gt 0 ]; then
     echo "$0: unexpected argument(s): $*" >&2
@@ -182,6 +183,9 @@ check_options() {
     done
     for opt in dumpdir expdir token_listdir train_set valid_set test_sets python inference_model conformer_model; do
         [ -n "${!opt}" ] || bad "${opt}" "must not be empty"
+    done
+    for opt in dumpdir expdir token_listdir aishell_root; do
+        [[ ! ${!opt} =~ [[:space:]] ]] || bad "${opt}" "must not contain spaces (Kaldi tables separate fields by them)"
     done
     for opt in train_set valid_set test_sets; do
         for dset in ${!opt}; do
@@ -378,6 +382,21 @@ at_most() {
     done
     return "${failed}"
 }
+
+# Every option checked: from here on, one run.sh at a time in this directory (a second would delete and rewrite
+# what the first reads). The lock is flock's on .run.sh.lock, which names its holder: the kernel releases it when
+# the holder and its jobs end, however they end; the line of a run that was killed is reported and taken over.
+exec 9>>.run.sh.lock
+if ! flock -n 9; then
+    _holder=$(head -n 1 .run.sh.lock)
+    _pid=${_holder#PID }; _pid=${_pid%% *}
+    kill -0 "${_pid}" 2>/dev/null || _holder="${_holder} (ended; its jobs still run)"
+    log "Error: another run.sh is running in $(pwd): ${_holder}. Wait for it, or stop it first."
+    exit 1
+fi
+[ -s .run.sh.lock ] && log "The lock of a run.sh that ended without releasing it is taken over: $(head -n 1 .run.sh.lock)"
+echo "PID $$ since $(date '+%Y-%m-%dT%H:%M:%S'): ${run_command}" > .run.sh.lock
+trap ': > .run.sh.lock' EXIT
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ -n "${aishell_root}" ]; then
