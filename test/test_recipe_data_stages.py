@@ -290,7 +290,8 @@ def test_stage_2_without_sox_names_tools_setup(tmp_path):
     recipe = recipe_copy(tmp_path / "recipe")
     bin_dir = tmp_path / "bin"  # a PATH with the basic tools but no sox
     bin_dir.mkdir()
-    for tool in ("env", "bash", "date", "readlink", "dirname", "cat", "tr", "awk", "grep", "wc", "seq", "mkdir", "rm"):
+    for tool in ("env", "bash", "date", "readlink", "dirname", "cat", "tr", "awk", "grep", "wc", "seq", "mkdir", "rm",
+                 "flock", "head"):
         if shutil.which(tool):
             (bin_dir / tool).symlink_to(shutil.which(tool))
     env = {**os.environ, "PATH": str(bin_dir)}
