@@ -89,16 +89,17 @@ def measure_dynamic_gates(config: str, model_file: str, data_dir: str, feats_dir
     # the models: only for dynamic gates
     from espnet2.torch_utils.device_funcs import to_device
 
-    from espnet_llm.bin.speech_llm_inference import as_trained, load_model
+    from espnet_llm.bin.speech_llm_inference import as_trained, load_model, speech_kind
     from espnet_llm.bin.speech_llm_runs import DATA_ENTRIES, decode_features
     from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
     # one process, one model (the recipe measures its runs one after the other): a large one on the CPU too
-    model, train_args = load_model(config, model_file, device, allow_large_model_on_cpu=True)
     data = Path(data_dir)
     feats = decode_features(config, feats_dir, [data.name]) if feats_dir else None
     speech = f"{feats}/{data.name}/feats.scp,speech,kaldi_ark" if feats else f"{data}/wav.scp,speech,sound"
     entries = [entry.split(",") for entry in (speech, *(f"{data}/{e}" for e in DATA_ENTRIES))]
+    model, train_args = load_model(config, model_file, device, allow_large_model_on_cpu=True,
+                                   reads=speech_kind(entries))  # the cached features, or the audio
     loader = SpeechLLMTask.build_streaming_iterator(
         entries, preprocess_fn=SpeechLLMTask.preprocessor_for(train_args, entries),
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False), batch_size=batch_size,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from espnet2.torch_utils.device_funcs import to_device
 
-from espnet_llm.bin.speech_llm_inference import as_trained, load_model
+from espnet_llm.bin.speech_llm_inference import as_trained, load_model, speech_kind
 from espnet_llm.scoring.speech_attention import speech_attention_share
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
     device = "cuda" if args.ngpu else "cpu"
-    model, train_args = load_model(args.train_config, args.model_file, device, allow_large_model_on_cpu=True)
+    entries = data_entries(args.data_dir, args.feats_dir)
+    model, train_args = load_model(args.train_config, args.model_file, device, allow_large_model_on_cpu=True,
+                                   reads=speech_kind(entries))  # the cached features, or the audio
     if train_args.model != "decoder_only":
         raise SystemExit(f"Error: {args.train_config}: model {train_args.model}: the attention share on the "
                          f"prompt's speech is measured on the decoder-only model")
-    entries = data_entries(args.data_dir, args.feats_dir)
     loader = SpeechLLMTask.build_streaming_iterator(
         entries, preprocess_fn=SpeechLLMTask.preprocessor_for(train_args, entries),
         collate_fn=SpeechLLMTask.build_collate_fn(train_args, False), batch_size=args.batch_size,
