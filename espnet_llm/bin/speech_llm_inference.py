@@ -132,7 +132,7 @@ def utterance_lengths(
 ) -> dict[str, int]:
     """Each key's speech length (samples or frames) with its last ``num_history`` history utterances."""
     entries = {name: (path, kind) for path, name, kind in data_path_and_name_and_type}
-    speech_path, speech_kind = entries["speech"]
+    speech_path, speech_type = entries["speech"]
     table = next(
         (p for p in [shape_file] + [str(Path(speech_path).with_name(n)) for n in LENGTH_FILES] if p and Path(p).is_file()),
         None,
@@ -143,7 +143,7 @@ def utterance_lengths(
     missing = sorted(needed - known.keys())
     if missing:
         logging.info(f"reading {len(missing)} utterance(s) to find their lengths (no shape file has them)")
-        loader = open_entry(speech_path, speech_kind)
+        loader = open_entry(speech_path, speech_type)
         for k in missing:
             try:
                 known[k] = len(loader[k])
