@@ -385,7 +385,7 @@ def test_stage13_scores_the_whole_test_set_and_names_what_was_not_decoded(tmp_pa
         write_lines(recipe / root / "utt2spk", [f"{u} S0021" for u in kept])
     run_dir = recipe / "exp" / "decoder_only" / "cot"
     write_lines(run_dir / "config.yaml", ["model: decoder_only"])
-    decode = run_dir / "decode_test"
+    decode = run_dir / "decode_speech_llm_valid.acc_current.ave" / "test"
     hyps = {ids[0]: "今天下雨", ids[1]: "今天下雨", ids[2]: ""}  # ids[2] had no Whisper features: empty hypothesis
     write_lines(decode / "text", [f"{u} {t}".rstrip() for u, t in hyps.items()])
     write_lines(decode / "text_ner", [f"{u} {t}".rstrip() for u, t in hyps.items()])
@@ -397,7 +397,7 @@ def test_stage13_scores_the_whole_test_set_and_names_what_was_not_decoded(tmp_pa
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = (recipe / "RESULTS.md").read_text(encoding="utf-8")
-    assert "|decode_test|4|16|50.0|0.0|50.0|0.0|50.0|50.0|" in results
+    assert "|decode_speech_llm_valid.acc_current.ave/test|4|16|50.0|0.0|50.0|0.0|50.0|50.0|" in results
     assert f"- test: 1 utterance(s) of the reference have no hypothesis: {ids[3]}" in results
     assert f"- test: 1 utterance(s) could not be read by decoding: {ids[2]}" in results
 
@@ -417,7 +417,7 @@ def test_stage13_names_the_run_it_could_not_score_and_shows_why(tmp_path):
     assert proc.returncode != 0
     assert "Error: score_run decoder_only/cot failed" in proc.stdout + proc.stderr
     assert "the end of exp/decoder_only/cot/scoring.log:" in proc.stdout
-    assert "decode_test/text" in proc.stdout  # the error itself, from the log
+    assert "Error: no decoding under exp/decoder_only/cot" in proc.stdout  # the error itself, from the log
 
 
 # ------------------------------------------------------------------------------------------------ decoding

@@ -48,6 +48,7 @@ def test_bootstrap_is_paired_and_as_wide_as_the_standard_error_says():
 
 CHARS = "北京欢迎你今天天气很好我们一起去上海看朋友明年春天再见了"
 UTTS = [f"u{i:02d}" for i in range(30)]
+DECODING = "decode_speech_llm_valid.acc_current.ave"  # <run>/<inference tag>/<set>, as asr.sh lays it out
 REFS = {u: "".join(CHARS[(3 * i + j) % len(CHARS)] for j in range(6)) for i, u in enumerate(UTTS)}
 
 
@@ -64,8 +65,8 @@ def write_text(path, texts: dict[str, str]):
 
 def decode(recipe, run: str, dset: str, hyps: dict[str, str], ner_hyps: dict[str, str] | None = None,
            decode_name: str | None = None):
-    """decode_<set>/text (and text_ner) of a run, scored as stage 13 scores it against data/<set>."""
-    decode_dir = recipe / "exp" / run / (decode_name or f"decode_{dset}")
+    """<decoding>/<set>/text (and text_ner) of a run, scored as stage 13 scores it against data/<set>."""
+    decode_dir = recipe / "exp" / run / DECODING / (decode_name or dset)
     score_cer(recipe / "data" / dset / "text", write_text(decode_dir / "text", hyps), decode_dir / "score_cer",
               backend="fallback")
     if ner_hyps is not None:
@@ -96,7 +97,7 @@ def claim_row(text: str, claim: str) -> list[str]:
 
 
 def result_cer(recipe, run: str, dset: str) -> float:
-    result = recipe / "exp" / run / f"decode_{dset}" / "score_cer" / "result.json"
+    result = recipe / "exp" / run / DECODING / dset / "score_cer" / "result.json"
     return json.loads(result.read_text(encoding="utf-8"))["percent"]["Err"]
 
 
@@ -107,7 +108,7 @@ def test_controls_count_verbatim_training_sentences_and_the_other_speech_cer(rec
     write_text(recipe / "data" / "train" / "text", {"t1": "北京欢迎你", "t2": "KTV里见", "t3": "今天 天气很好", "t4": ""})
     hyps = {"u00": "(北京) 欢迎你", "u01": "ＫＴＶ里见", "u02": "今天天气很好啊", "u03": ""}  # 2 of 4 recited
     decode(recipe, "decoder_only/short", "test", hyps)
-    decode(recipe, "decoder_only/short", "test", {u: REFS["u00"] for u in UTTS}, decode_name="decode_test_other_speech")
+    decode(recipe, "decoder_only/short", "test", {u: REFS["u00"] for u in UTTS}, decode_name="test_other_speech")
     decode(recipe, "decoder_only/long", "test", {"u00": "北京欢迎你"})
     write_results(recipe / "exp", recipe / "RESULTS.md")
     text = (recipe / "RESULTS.md").read_text(encoding="utf-8")
@@ -155,7 +156,7 @@ def test_cer_claims_with_intervals_and_the_sweep_absent(recipe):
     assert verdict == "test: holds<br>dev: holds"
     _, _, measured, verdict = claim_row(text, "Long form (with history) has a lower CER than short form: encoder_decoder")
     assert measured == "test +0.00 [+0.00, +0.00]"
-    assert verdict == "test: not significant<br>dev: not measured (encoder_decoder/long has no scored decode_dev)"
+    assert verdict == "test: not significant<br>dev: not measured (encoder_decoder/long has no scored dev)"
     _, _, measured, verdict = claim_row(text, "The decoder-only model gains more CER from history")
     assert measured.startswith(f"test {estimate('test', (do_s, 1), (do_l, -1), (ed_s, -1), (ed_l, 1)):+.2f} [")
     assert verdict.startswith("test: holds<br>dev: not measured")
@@ -187,7 +188,7 @@ def test_claims_of_the_history_sweep_and_the_gates(recipe):
     write_results(recipe / "exp", recipe / "RESULTS.md")
     text = (recipe / "RESULTS.md").read_text(encoding="utf-8")
 
-    f1 = {k: json.loads((recipe / "exp" / "decoder_only" / f"cot_k{k}" / "decode_test" / "score_ner" / "result.json")
+    f1 = {k: json.loads((recipe / "exp" / "decoder_only" / f"cot_k{k}" / DECODING / "test" / "score_ner" / "result.json")
                         .read_text(encoding="utf-8"))["micro"]["f1"] for k in (0, 2)}
     _, _, measured, verdict = claim_row(text, "CoT NER F1 rises with the history K up to K = 2: decoder_only")
     assert measured.startswith(f"test {100 * (f1[2] - f1[0]):+.2f} [") and verdict.startswith("test: holds<br>dev: ")
@@ -213,7 +214,7 @@ def test_claims_against_the_conformer_baseline(recipe):
     assert measure == "CER decoder_only/short − conformer/asr, points"
     assert measured == f"test {-result_cer(recipe, 'conformer/asr', 'test'):+.2f} [{-result_cer(recipe, 'conformer/asr', 'test'):+.2f}, " \
                        f"{-result_cer(recipe, 'conformer/asr', 'test'):+.2f}]"  # 2 errors on every utterance: every draw
-    assert verdict == "test: holds<br>dev: not measured (decoder_only/short has no scored decode_dev)"
+    assert verdict == "test: holds<br>dev: not measured (decoder_only/short has no scored dev)"
     assert claim_row(text, "A speech LLM transcribes better than the Conformer baseline: decoder_only/cot")[3].startswith(
         "test: does not hold")
     assert claim_row(text, "A speech LLM transcribes better than the Conformer baseline: encoder_decoder/long")[2:] == [

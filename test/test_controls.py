@@ -43,7 +43,7 @@ def test_every_utterance_gets_another_speakers_speech_and_keeps_its_own_transcri
 
 def test_the_ctc_weight_of_the_lowest_validation_cer_is_chosen_and_written(tmp_path, capsys):
     for weight, errors in (("0.3", 30), ("0.5", 12), ("1.0", 12), ("0.7", 20)):
-        result = tmp_path / f"ctc{weight}" / "decode_dev" / "cer" / "result.json"
+        result = tmp_path / f"ctc{weight}" / "dev" / "cer" / "result.json"
         result.parent.mkdir(parents=True)
         counts = {"sentences": 2, "words": 100, "correct": 100 - errors, "substitutions": errors,
                   "deletions": 0, "insertions": 0, "sentence_errors": 1}
@@ -54,4 +54,4 @@ def test_the_ctc_weight_of_the_lowest_validation_cer_is_chosen_and_written(tmp_p
         "ctc_weight 0.3 CER 30.0", "ctc_weight 0.5 CER 12.0", "ctc_weight 0.7 CER 20.0", "ctc_weight 1.0 CER 12.0",
         "chosen 0.5"]
     assert ctc_weight_tuning.main([str(tmp_path), "test"]) == 1
-    assert "no ctc<weight>/decode_test/cer/result.json" in capsys.readouterr().err
+    assert "no ctc<weight>/test/cer/result.json" in capsys.readouterr().err

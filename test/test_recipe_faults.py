@@ -24,6 +24,7 @@ from test_recipe_full import processes_in, recipe_copy, run_sh
 SMALL = ["--systems", "decoder_only", "--llm_phases", "short", "--train_set", "dev", "--valid_set", "dev",
          "--test_sets", "dev", "--train_args", "--max_epoch 2", "--inference_args", "--beam_size 1"]
 RUN = Path("exp/decoder_only/short")
+DECODED = RUN / "decode_speech_llm_beam_size1_valid.acc_current.ave" / "dev"  # asr.sh's <inference tag>/<set>
 needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="the mini corpus needs sox")
 
 
@@ -57,7 +58,7 @@ def recipe(tmp_path_factory):
 def reference(recipe):
     """The uninterrupted run's outputs of stages 3, 6, 11 and 12."""
     return {"3": digests(recipe / "dump/raw/org/dev"), "6": digests(recipe / "dump/whisper_feats/dev"),
-            "11": model_digests(recipe / RUN), "12": digests(recipe / RUN / "decode_dev")}
+            "11": model_digests(recipe / RUN), "12": digests(recipe / DECODED)}
 
 
 def model_digests(run_dir: Path) -> dict[str, str]:
@@ -199,7 +200,7 @@ def test_stage_11_killed_resumes_to_the_same_model(recipe, reference):
 
 @needs_sox
 def test_stage_12_killed_decodes_the_same_again(recipe, reference):
-    decode_dir = recipe / RUN / "decode_dev"
+    decode_dir = recipe / DECODED
     run_and_kill(recipe, ["--stage", "12", "--stop_stage", "12", *SMALL],
                  lambda: (decode_dir / "logdir/inference.1.log").exists())
     assert not (decode_dir / "text").exists() or digests(decode_dir)["text"] == reference["12"]["text"]

@@ -49,7 +49,7 @@ def summary_rows(results_md: str) -> dict[str, list[str]]:
     table = results_md.split("## Summary", 1)[1].split("\n## ", 1)[0]
     rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("|")]
     header, body = rows[0], rows[2:]
-    assert header[:4] == ["system", "phase", "dev CER", "test CER"], header
+    assert header[:7] == ["system", "phase", "decode config", "beam", "model", "dev CER", "test CER"], header
     return {f"{cells[0]}/{cells[1]}": cells for cells in body}
 
 
@@ -83,15 +83,19 @@ def test_run_sh_writes_results_md_with_every_table_filled(full_run):
     assert sorted(rows) == sorted(RUNS)
     number = re.compile(r"^\d+\.\d$")
     for name, cells in rows.items():
-        assert number.match(cells[2]) and number.match(cells[3]), (name, cells)  # dev and test CER
-        ner_cells = cells[4:]
+        # what decoded it: the tiny decode configs' beams, the checkpoint run.sh decodes (stage 12's defaults)
+        assert cells[2:5] == (["decode_asr_conformer.yaml", "2", "valid.acc.ave.pth"] if name == "conformer/asr" else
+                              ["decode_speech_llm.yaml", "4", "valid.acc_current.ave.pth"]), (name, cells)
+        assert number.match(cells[5]) and number.match(cells[6]), (name, cells)  # dev and test CER
+        ner_cells = cells[7:]
         if name in NER_RUNS:
             assert all(number.match(c) for c in ner_cells), (name, cells)
         else:
             assert all(c == "-" for c in ner_cells), (name, cells)  # ASR-only phases have no NER
     for name in RUNS:
         section = results.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
-        assert re.search(r"\|decode_dev\|\d+\|\d+\|", section) and re.search(r"\|decode_test\|\d+\|\d+\|", section)
+        assert re.search(r"\|decode_\w[\w.]*/dev\|\d+\|\d+\|", section), section  # asr.sh's <inference tag>/<set>
+        assert re.search(r"\|decode_\w[\w.]*/test\|\d+\|\d+\|", section), section
         if name in NER_RUNS:
             assert "### NER (dev)" in section and "### NER (test)" in section
         assert "training curves" in section  # plotted from train.log
@@ -117,7 +121,8 @@ def test_run_sh_writes_results_md_with_every_table_filled(full_run):
 
 
 def dev_cer(recipe: Path, run: str) -> dict:
-    return json.loads((recipe / "exp" / run / "decode_dev/score_cer/result.json").read_text())["percent"]
+    decoding, = (recipe / "exp" / run).glob("decode_*/dev/score_cer/result.json")  # the one decoding of the run
+    return json.loads(decoding.read_text())["percent"]
 
 
 # A model that outputs nothing scores 100 % (all deletions). Dev and test sentences are in no training text and

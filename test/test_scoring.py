@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -22,10 +23,12 @@ from espnet_llm.scoring.ner import score_ner
 from espnet_llm.scoring.results import read_epoch_stats, write_results
 
 SCLITE = find_sclite()
+DECODING = "decode_speech_llm_valid.acc_current.ave"  # <run>/<inference tag>/<set>, as asr.sh lays it out
 needs_sclite = pytest.mark.skipif(SCLITE is None, reason="sclite not installed (apt-get install -y sctk)")
 
 
 def write_lines(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
@@ -234,7 +237,7 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
                    ("decoder_only", "cot"): ["u1 [张三]说"]}
     for (system, phase), hyps_ner in hyps_by_run.items():
         for data_set in ("dev", "test"):
-            decode = exp / system / phase / f"decode_{data_set}"
+            decode = exp / system / phase / DECODING / data_set
             score_cer(ref, hyp, decode / "score_cer", backend="fallback")
             score_ner(refs_ner, write_lines(tmp_path / "hyp_ner", hyps_ner), decode / "score_ner")
     espnet_train_log(exp / "decoder_only" / "short" / "train.log", epochs=3)
@@ -253,9 +256,9 @@ def test_results_md_from_scored_expdir(tmp_path, cer_case):
     assert [row.split("|")[1:3] for row in rows] == [["conformer", "asr"], ["decoder_only", "short"],
                                                      ["decoder_only", "cot"]]
     # CER 41.2 on dev and test; NER micro P/R/F1 of each system
-    assert rows[0] == "|conformer|asr|41.2|41.2|100.0|100.0|100.0|100.0|100.0|100.0|"
-    assert rows[1] == "|decoder_only|short|41.2|41.2|100.0|50.0|66.7|100.0|50.0|66.7|"
-    assert "|decode_dev|7|34|64.7|5.9|29.4|5.9|41.2|85.7|" in text
+    assert rows[0] == "|conformer|asr|-|-|-|41.2|41.2|100.0|100.0|100.0|100.0|100.0|100.0|"
+    assert rows[1] == "|decoder_only|short|-|-|-|41.2|41.2|100.0|50.0|66.7|100.0|50.0|66.7|"
+    assert f"|{DECODING}/dev|7|34|64.7|5.9|29.4|5.9|41.2|85.7|" in text
     assert "|omitted entity|0|1|0|1|" in text  # decoder_only/cot: u2 missing, so 北京 omitted
     assert "|omitted entity|1|0|0|1|" in text  # decoder_only/short: 张三 not marked
     assert "Input problems: 1 missing hypotheses" in text
@@ -272,7 +275,7 @@ def test_results_md_lists_how_much_each_run_listens(tmp_path, cer_case):
     ref, hyp = cer_case
     exp = tmp_path / "exp"
     for system, phase in (("conformer", "asr"), ("encoder_decoder", "long")):
-        score_cer(ref, hyp, exp / system / phase / "decode_dev" / "score_cer", backend="fallback")
+        score_cer(ref, hyp, exp / system / phase / DECODING / "dev" / "score_cer", backend="fallback")
         espnet_train_log(exp / system / phase / "train.log", epochs=4, listening=system != "conformer")
     write_results(exp, tmp_path / "RESULTS.md")
     text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
@@ -284,7 +287,7 @@ def test_results_md_lists_how_much_each_run_listens(tmp_path, cer_case):
 def test_results_md_counts_the_parser_repairs_of_each_decoding(tmp_path, cer_case):
     ref, hyp = cer_case
     exp = tmp_path / "exp"
-    jobs = {  # decoding jobs' parse_repairs.json (run.sh: decode_<set>/logdir/output.<n>/), summed per set
+    jobs = {  # decoding jobs' parse_repairs.json (run.sh: <decoding>/<set>/logdir/output.<n>/), summed per set
         ("decoder_only", "cot", "dev"): [
             {"utterances": 4, "broken": 0, "with_problems": 2, "problems": {"truncated": 1, "repetition": 1}},
             {"utterances": 3, "broken": 1, "with_problems": 1, "problems": {"truncated": 1, "ner_fallback_text": 1}},
@@ -292,7 +295,7 @@ def test_results_md_counts_the_parser_repairs_of_each_decoding(tmp_path, cer_cas
         ("decoder_only", "cot", "test"): [{"utterances": 7, "broken": 0, "with_problems": 0, "problems": {}}],
     }
     for system, phase, data_set in [("conformer", "asr", "dev"), *jobs]:
-        decode = exp / system / phase / f"decode_{data_set}"
+        decode = exp / system / phase / DECODING / data_set
         score_cer(ref, hyp, decode / "score_cer", backend="fallback")
         for n, counts in enumerate(jobs.get((system, phase, data_set), []), 1):
             (decode / "logdir" / f"output.{n}").mkdir(parents=True)
@@ -300,7 +303,7 @@ def test_results_md_counts_the_parser_repairs_of_each_decoding(tmp_path, cer_cas
     out = tmp_path / "RESULTS.md"
     summary = write_results(exp, out)
     text = out.read_text(encoding="utf-8")
-    assert summary in text and "|conformer|asr|41.2|" in summary  # the summary stays as it was
+    assert summary in text and "|conformer|asr|-|-|-|41.2|" in summary  # the summary stays as it was
     table = text.split("## Parser repairs\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert rows == [
@@ -312,9 +315,39 @@ def test_results_md_counts_the_parser_repairs_of_each_decoding(tmp_path, cer_cas
     assert "- `truncated`: no end token within max_new_tokens" in table
 
 
+def test_every_decoding_is_a_summary_row_naming_config_beam_and_model(tmp_path, cer_case):
+    """A run decoded two ways (stage 12 with another --inference_args) keeps both decodings: each a summary row
+    with its decode config, beam and model file; the sections below read the latest (its text written last)."""
+    ref, hyp = cer_case
+    recipe = tmp_path / "recipe"
+    write_lines(recipe / "conf" / "decode_speech_llm.yaml", ["beam_size: 4"])
+    model = "exp/decoder_only/short/valid.acc_current.ave.pth"
+    options = {"decode_speech_llm_valid.acc_current.ave": ["--config", "conf/decode_speech_llm.yaml"],
+               "decode_speech_llm_beam_size1_valid.acc_current.ave": ["--config", "conf/decode_speech_llm.yaml",
+                                                                      "--beam_size", "1"]}
+    for age, (tag, args) in enumerate(options.items()):
+        decode = recipe / "exp" / "decoder_only" / "short" / tag / "dev"
+        write_lines(decode / "inference_options", ["espnet_llm.bin.speech_llm_inference",
+                                                   "--speech_llm_model_file", model, *args])
+        hyps = write_lines(decode / "text", hyp.read_text(encoding="utf-8").splitlines()[:age + 1])
+        os.utime(hyps, (1_000_000 + age, 1_000_000 + age))  # the beam-1 decoding written last
+        score_cer(ref, hyps, decode / "score_cer", backend="fallback")
+    out = recipe / "RESULTS.md"
+    summary = write_results(recipe / "exp", out)
+    rows = [line for line in summary.splitlines() if line.startswith("|decoder_only")]
+    assert [row.split("|")[3:6] for row in rows] == [["decode_speech_llm.yaml", "1", "valid.acc_current.ave.pth"],
+                                                     ["decode_speech_llm.yaml", "4", "valid.acc_current.ave.pth"]]
+    assert rows[0].split("|")[6] != rows[1].split("|")[6]  # each its own CER
+    text = out.read_text(encoding="utf-8")
+    section = text[text.index("## decoder_only/short"):]
+    assert ("- decoding: `decode_speech_llm_beam_size1_valid.acc_current.ave` (decode_speech_llm.yaml, beam 1, model "
+            "valid.acc_current.ave.pth)") in section
+    assert all(f"|{tag}/dev|" in section for tag in options)
+
+
 def test_results_without_scores_is_an_error(tmp_path):
     (tmp_path / "exp").mkdir()
-    with pytest.raises(FileNotFoundError, match="no decode_<set>"):
+    with pytest.raises(FileNotFoundError, match="no decode_<tag>/<set>"):
         write_results(tmp_path / "exp", tmp_path / "RESULTS.md")
 
 
@@ -324,7 +357,7 @@ def test_results_md_has_the_history_sweep_and_figure_2(tmp_path, cer_case):
     exp = tmp_path / "exp"
     hyps_ner = {"cot_k0": ["u1 张三说", "u2 北京"], "cot_k3": ["u1 [张三]说", "u2 (北京)"]}  # F1 0 and 100
     for phase in ("long", "long_k3", "long_k0", "cot_k3", "cot_k0"):
-        decode = exp / "decoder_only" / phase / "decode_dev"
+        decode = exp / "decoder_only" / phase / DECODING / "dev"
         score_cer(ref, hyp, decode / "score_cer", backend="fallback")
         if phase in hyps_ner:
             score_ner(refs_ner, write_lines(tmp_path / "hyp_ner", hyps_ner[phase]), decode / "score_ner")
@@ -332,7 +365,7 @@ def test_results_md_has_the_history_sweep_and_figure_2(tmp_path, cer_case):
         (exp / "decoder_only" / phase / "speech_attention.json").write_text(json.dumps(
             {"set": "dev", "num_history": k, "layers": [0, 1], "share": share, "tokens": 9, "utterances": 2}))
     for phase, gates in (("short", [0.79, 0.74]), ("cot", [0.8, 0.72])):
-        score_cer(ref, hyp, exp / "encoder_decoder" / phase / "decode_dev" / "score_cer", backend="fallback")
+        score_cer(ref, hyp, exp / "encoder_decoder" / phase / DECODING / "dev" / "score_cer", backend="fallback")
         (exp / "encoder_decoder" / phase / "gate_values.json").write_text(json.dumps({"layers": [0, 1], "gates": gates}))
     write_results(exp, tmp_path / "RESULTS.md")
     text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")

@@ -34,11 +34,14 @@ def training_figures(train_log: Path) -> dict[str, float]:
 
 
 def decoding_rtfs(run_dir: Path) -> dict[str, float]:
-    """Each decoded set's real-time factor (the slowest job's, as a set is done when its last job is)."""
+    """Each decoded set's real-time factor (the slowest job's, as a set is done when its last job is), named
+    <decoding>/<set> where the run was decoded more than one way."""
     rtfs: dict[str, float] = {}
-    for log in sorted(run_dir.glob("decode_*/logdir/inference.*.log")):
+    logs = sorted(run_dir.glob("decode_*/*/logdir/inference.*.log"))
+    several = len({log.parents[2] for log in logs}) > 1
+    for log in logs:
         for match in DECODE_DONE.finditer(log.read_text(encoding="utf-8", errors="replace")):
-            dset = log.parents[1].name.removeprefix("decode_")
+            dset = f"{log.parents[2].name}/{log.parents[1].name}" if several else log.parents[1].name
             rtfs[dset] = max(rtfs.get(dset, 0.0), float(match.group(3)))
     return rtfs
 

@@ -7,12 +7,11 @@ With --cer_set, it then prints the CER of each of --runs on that set (those scor
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 
-from espnet_llm.scoring.results import write_results
+from espnet_llm.scoring.results import find_runs, latest_decodings, write_results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,12 +34,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_cers(expdir: Path, runs: list[str], dset: str) -> None:
-    print(f"{dset} CER of each run:")
-    for run in runs:
-        result = expdir / run / f"decode_{dset}" / "score_cer" / "result.json"
-        if result.is_file():
-            cer = json.loads(result.read_text(encoding="utf-8"))["percent"]["Err"]
-            print("  %-24s %s CER %6.1f %%" % (run, dset, cer))
+    print(f"{dset} CER of each run (its latest decoding):")
+    latest = {run.name: run for run in latest_decodings(find_runs(expdir))}
+    for name in runs:
+        if name in latest and dset in latest[name].cer:
+            print("  %-24s %s CER %6.1f %%" % (name, dset, latest[name].cer[dset].counts.error_rate))
 
 
 if __name__ == "__main__":

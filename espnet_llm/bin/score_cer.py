@@ -1,7 +1,8 @@
 """Score a decoding's CER the ESPnet way: ref.trn, hyp.trn, sclite's result.txt, result.json.
 
-    python -m espnet_llm.bin.score_cer --ref data/test/text --hyp exp/.../decode_test/text \
-        --out_dir exp/.../decode_test/score_cer
+    python -m espnet_llm.bin.score_cer --ref data/test/text \
+        --hyp exp/.../decode_speech_llm_valid.acc_current.ave/test/text \
+        --out_dir exp/.../decode_speech_llm_valid.acc_current.ave/test/score_cer
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Score entity-marked hypotheses: NER precision/recall/F1 per type and micro, and the error breakdown.
 
-    python -m espnet_llm.bin.score_ner --ref data/test/text_ner --hyp exp/.../decode_test/text_ner \
-        --out_dir exp/.../decode_test/score_ner
+    python -m espnet_llm.bin.score_ner --ref data/test/text_ner \
+        --hyp exp/.../decode_speech_llm_valid.acc_current.ave/test/text_ner \
+        --out_dir exp/.../decode_speech_llm_valid.acc_current.ave/test/score_ner
 
 Writes result.txt (tables), result.json (counts), errors.txt (one line per entity error) and
 utterances.json (the counts of each utterance).

@@ -50,13 +50,13 @@ def _run(runs: dict[str, Run], name: str) -> Run:
 def cer_counts(run: Run, dset: str) -> dict[str, tuple[int, int]]:
     """utterance -> (errors, reference characters) of a run's scored decoding of a set."""
     if dset not in run.cer:
-        raise NotMeasured(f"{run.name} has no scored decode_{dset}")
-    result_txt = run.path / f"decode_{dset}" / "score_cer" / "result.txt"
+        raise NotMeasured(f"{run.name} has no scored {dset}")
+    result_txt = run.decode_dir(dset) / "score_cer" / "result.txt"
     counts = {u: (s + d + i, c + s + d) for u, (c, s, d, i) in read_utterance_counts(result_txt).items()}
     # utterances missing from result.txt would silently drop out of the resampled set
     total = run.cer[dset].counts
     if (sum(e for e, _ in counts.values()), sum(r for _, r in counts.values())) != (total.errors, total.words):
-        raise NotMeasured(f"the utterances of {run.name}/decode_{dset}/score_cer/result.txt do not add up to its "
+        raise NotMeasured(f"the utterances of {run.decode_dir(dset)}/score_cer/result.txt do not add up to its "
                           "result.json")
     return counts
 
@@ -77,9 +77,9 @@ def cer_combination(terms: list[tuple[Run, int]], dset: str) -> Interval:
 
 def ner_counts(run: Run, dset: str) -> dict[str, tuple[int, int, int]]:
     """utterance -> (correct, hypothesis, reference) entities of a run's scored decoding of a set."""
-    path = run.path / f"decode_{dset}" / "score_ner" / "utterances.json"
+    path = run.decode_dir(dset) / "score_ner" / "utterances.json"
     if not path.exists():
-        raise NotMeasured(f"{run.name} has no decode_{dset}/score_ner/utterances.json")
+        raise NotMeasured(f"{run.name} has no {run.decoding}/{dset}/score_ner/utterances.json")
     return {u: (c["correct"], c["hyp"], c["ref"]) for u, c in json.loads(path.read_text(encoding="utf-8")).items()}
 
 

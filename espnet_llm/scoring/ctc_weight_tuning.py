@@ -1,6 +1,6 @@
 """The Conformer baseline's CTC weight, chosen on the validation set as its users tune it.
 
-Reads ``<tuning_dir>/ctc<w>/decode_<set>/cer/result.json`` of each weight tried (local/conformer.sh, stage 12),
+Reads ``<tuning_dir>/ctc<w>/<set>/cer/result.json`` of each weight tried (local/conformer.sh, stage 12),
 writes ``<tuning_dir>/choice.txt`` (each weight's CER, then the choice) and prints the weight of the lowest CER
 (the smaller weight on a tie)::
 
@@ -19,11 +19,11 @@ from espnet_llm.scoring.cer import ErrorCounts
 def tried_weights(tuning_dir: Path, valid_set: str) -> dict[str, float]:
     """'<weight>' -> its CER in % on the validation set."""
     cers = {}
-    for result in sorted(tuning_dir.glob(f"ctc*/decode_{valid_set}/cer/result.json")):
+    for result in sorted(tuning_dir.glob(f"ctc*/{valid_set}/cer/result.json")):
         counts = ErrorCounts(**json.loads(result.read_text(encoding="utf-8"))["counts"])
         cers[result.parts[-4][len("ctc"):]] = counts.error_rate
     if not cers:
-        raise FileNotFoundError(f"no ctc<weight>/decode_{valid_set}/cer/result.json under {tuning_dir}")
+        raise FileNotFoundError(f"no ctc<weight>/{valid_set}/cer/result.json under {tuning_dir}")
     return cers
 
 

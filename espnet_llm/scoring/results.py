@@ -13,25 +13,29 @@ The experiment directory it reads (run.sh's stages 11-13 write it):
                                                utterances, with the run's K, "num_history")
         speech_attention.json                  optional, decoder-only systems: {"num_history": K, "share": [...]},
                                                the per-layer attention share on speech (Figure 2b)
-        decode_<set>/                          decoding of data/<set>: text, text_ner
+        decode_<tag>/                          one decoding (utils/inference_tag.sh: decode config, options, model)
+          <set>/                               decoding of data/<set>: text, text_ner
+            inference_options                  local/decode.sh: the program and its options, one a line
             score_cer/result.json, result.txt  espnet_llm.bin.score_cer (result.txt: each utterance's counts)
             score_ner/result.json, result.txt, espnet_llm.bin.score_ner
                       utterances.json
             **/parse_repairs.json              speech LLMs: what the output parser repaired, by kind, of each
                                                decoding job (run.sh: logdir/output.<n>/), summed
-        decode_<set>_other_speech/score_cer/   optional, a control: <set> decoded with each utterance given another
+          <set>_other_speech/score_cer/        optional, a control: <set> decoded with each utterance given another
                                                utterance's speech, scored the same way; not a set of its own
 
-A phase directory is any directory holding a decode_<set>/score_cer or score_ner; a system without
-phases (decode_<set> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
+A phase directory is any directory holding a decode_<tag>/<set>/score_cer or score_ner; a system without
+phases (decode_<tag> right under <expdir>/<system>) is listed with phase "-". Phases are ordered
 short, long, cot, then by name, then a history sweep's runs by phase and K; sets dev, test, then by name. The runs of a history sweep (run.sh
---history_sweep: ``long_k<K>``, ``cot_k<K>``) have a table and a plot against K of their own.
+--history_sweep: ``long_k<K>``, ``cot_k<K>``) have a table and a plot against K of their own. Every decoding is a
+row of the summary; the rest of RESULTS.md reads each run's latest decoding (the one whose text was written last).
 Plots go to ``<RESULTS.md's directory>/results_images/``. The recipe directory (``<expdir>/..``) holds
 ``data/train/text``, the training sentences that the controls compare each hypothesis with.
 """
 from __future__ import annotations
 
 import datetime
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -57,25 +61,76 @@ log = logging.getLogger(__name__)
 PHASE_ORDER = ("short", "long", "cot")
 SWEEP_RUN = re.compile(r"^(long|cot)_k(\d+)$")  # a history sweep's run: its phase and K
 SET_ORDER = ("dev", "test")
-OTHER_SPEECH = "_other_speech"  # decode_<set>_other_speech: the control decoding of <set>, not a set of its own
+OTHER_SPEECH = "_other_speech"  # <set>_other_speech: the control decoding of <set>, not a set of its own
 TRAIN_TEXT = Path("data") / "train" / "text"  # in the recipe directory: run.sh's train_set
 PLOT_DIR_NAME = "results_images"
 
 
 @dataclass
 class Run:
-    """One system/phase with its decodings."""
+    """One decoding of a system/phase."""
     system: str
     phase: str
     path: Path
+    decoding: str  # its directory under path: decode_<tag>
     cer: dict[str, CerResult] = field(default_factory=dict)  # set -> result
     ner: dict[str, dict] = field(default_factory=dict)  # set -> score_ner's result.json
     repairs: dict[str, dict] = field(default_factory=dict)  # set -> parse_repairs.json summed over the jobs
-    other_speech: dict[str, CerResult] = field(default_factory=dict)  # set -> its decode_<set>_other_speech CER
+    other_speech: dict[str, CerResult] = field(default_factory=dict)  # set -> its <set>_other_speech CER
 
     @property
     def name(self) -> str:
         return self.system if self.phase == "-" else f"{self.system}/{self.phase}"
+
+    def decode_dir(self, data_set: str) -> Path:
+        return self.path / self.decoding / data_set
+
+    def written(self) -> float:
+        """When its decoding was written: the newest of its sets' text (scoring again leaves it as it was)."""
+        return max((t.stat().st_mtime for t in (self.path / self.decoding).glob("*/text")), default=0.0)
+
+
+@dataclass
+class DecodingOptions:
+    """What made a decoding: the decode config, beam and model file, from local/decode.sh's inference_options."""
+    config: str = "-"
+    beam: str = "-"
+    model: str = "-"
+
+
+def decoding_options(run: Run, recipe_dir: Path) -> DecodingOptions:
+    """The last value of each option, as argparse reads them; the beam from the options, else the decode config,
+    else the program's default. Paths in the options are relative to the recipe directory."""
+    files = sorted((run.path / run.decoding).glob("*/inference_options"))
+    if not files:
+        return DecodingOptions()
+    module, *argv = files[0].read_text(encoding="utf-8").splitlines()
+    values = {}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name.startswith("--"):
+            values[name[2:]] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    config = values.get("config")
+    beam = values.get("beam_size")
+    if beam is None and config and (recipe_dir / config).is_file():
+        beam = (yaml.safe_load((recipe_dir / config).read_text(encoding="utf-8")) or {}).get("beam_size")
+    if beam is None:
+        try:
+            beam = importlib.import_module(module).get_parser().get_default("beam_size")
+        except (ImportError, AttributeError):
+            beam = None
+    model = values.get("speech_llm_model_file") or values.get("asr_model_file")
+    return DecodingOptions(Path(config).name if config else "-", "-" if beam is None else str(beam),
+                           Path(model).name if model else "-")
+
+
+def latest_decodings(runs: list[Run]) -> list[Run]:
+    """Each system/phase's latest decoding, in the order of ``runs``."""
+    latest = {}
+    for run in runs:
+        if run.name not in latest or run.written() > latest[run.name].written():
+            latest[run.name] = run
+    return [run for run in runs if latest[run.name] is run]
 
 
 def _order(name: str, first: tuple[str, ...]) -> tuple[int, str]:
@@ -92,15 +147,16 @@ def _phase_order(phase: str) -> tuple:
 
 def find_runs(expdir: Path) -> list[Run]:
     runs: dict[Path, Run] = {}
-    for score_json in sorted(expdir.glob("**/decode_*/score_*/result.json")):
+    for score_json in sorted(expdir.glob("**/decode_*/*/score_*/result.json")):
         decode_dir = score_json.parent.parent
-        run_dir = decode_dir.parent
+        run_dir = decode_dir.parent.parent
         rel = run_dir.relative_to(expdir).parts
         if len(rel) not in (1, 2):
-            log.warning("%s: not at <expdir>/<system>[/<phase>]/decode_<set>/, skipped", score_json)
+            log.warning("%s: not at <expdir>/<system>[/<phase>]/decode_<tag>/<set>/, skipped", score_json)
             continue
-        run = runs.setdefault(run_dir, Run(rel[0], rel[1] if len(rel) == 2 else "-", run_dir))
-        data_set = decode_dir.name[len("decode_"):]
+        run = runs.setdefault(decode_dir.parent, Run(rel[0], rel[1] if len(rel) == 2 else "-", run_dir,
+                                                     decode_dir.parent.name))
+        data_set = decode_dir.name
         with open(score_json, encoding="utf-8") as f:
             data = json.load(f)
         if data_set.endswith(OTHER_SPEECH):  # only its CER is read, for the controls
@@ -115,7 +171,7 @@ def find_runs(expdir: Path) -> list[Run]:
             run.cer[data_set] = CerResult.from_json(data)
         elif score_json.parent.name == "score_ner":
             run.ner[data_set] = data
-    return sorted(runs.values(), key=lambda r: (r.system, _phase_order(r.phase)))
+    return sorted(runs.values(), key=lambda r: (r.system, _phase_order(r.phase), r.decoding))
 
 
 def read_parse_repairs(decode_dir: Path) -> dict | None:
@@ -383,14 +439,16 @@ def _sorted_sets(sets) -> list[str]:
     return sorted(set(sets), key=lambda s: _order(s, SET_ORDER))
 
 
-def summary_table(runs: list[Run]) -> str:
+def summary_table(runs: list[Run], recipe_dir: Path) -> str:
+    """A row per decoding: what made it (decode config, beam, model file) and its scores."""
     sets = _sorted_sets(s for r in runs for s in list(r.cer) + list(r.ner))
-    header = ["system", "phase"] + [f"{s} CER" for s in sets]
+    header = ["system", "phase", "decode config", "beam", "model"] + [f"{s} CER" for s in sets]
     for s in sets:
         header += [f"{s} NER P", f"{s} NER R", f"{s} NER F1"]
     lines = ["|" + "|".join(header) + "|", "|---" * len(header) + "|"]
     for run in runs:
-        cells = [run.system, run.phase]
+        options = decoding_options(run, recipe_dir)
+        cells = [run.system, run.phase, options.config, options.beam, options.model]
         cells += [f"{run.cer[s].counts.error_rate:.1f}" if s in run.cer else "-" for s in sets]
         for s in sets:
             if s in run.ner:
@@ -426,7 +484,7 @@ def controls_table(runs: list[Run], train_sentences: set[str] | None) -> str | N
     lines = ["|system|phase|set|hypotheses|training sentences (%)|CER|CER, other speech|", "|---" * 7 + "|"]
     for run in runs:
         for s in _sorted_sets(list(run.cer) + list(run.other_speech)):
-            text = run.path / f"decode_{s}" / "text"
+            text = run.decode_dir(s) / "text"
             cells = ["-", "-"]
             if train_sentences is not None and text.exists():
                 verbatim, n = verbatim_share(text, train_sentences)
@@ -519,7 +577,7 @@ def not_decoded_notes(run: Run) -> list[str]:
             notes.append(f"- {s}: {len(broken)} utterance(s) could not be read by decoding: {_named(broken)}")
     if not notes:
         return []
-    return ["", "Not decoded, scored as all deleted (listed in decode_<set>/score_cer/result.json and the decoding "
+    return ["", "Not decoded, scored as all deleted (listed in <set>/score_cer/result.json and the decoding "
             "log):", *notes]
 
 
@@ -535,11 +593,12 @@ def _ner_tables(ner: dict) -> list[str]:
 def write_results(expdir: str | Path, out: str | Path) -> str:
     """Write RESULTS.md (and its plots) for every run under ``expdir``; return the summary table."""
     expdir, out = Path(expdir), Path(out)
-    runs = find_runs(expdir)
-    if not runs:
-        raise FileNotFoundError(f"no decode_<set>/score_cer or score_ner results under {expdir}")
+    decodings = find_runs(expdir)
+    if not decodings:
+        raise FileNotFoundError(f"no decode_<tag>/<set>/score_cer or score_ner results under {expdir}")
+    runs = latest_decodings(decodings)
     plot_dir = out.parent / PLOT_DIR_NAME
-    summary = summary_table(runs)
+    summary = summary_table(decodings, expdir.resolve().parent)
     points = sweep_points(runs)
     stats_of = {run.name: read_epoch_stats(run.path / "train.log") for run in runs if (run.path / "train.log").exists()}
     listening = listening_table(runs, stats_of)
@@ -550,7 +609,8 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
         "",
         "## Summary",
         "CER in % (sclite or its fallback, entity marks removed); NER micro precision, recall, F1 in % "
-        "(an entity is correct when type and text match, counted as a multiset per utterance).",
+        "(an entity is correct when type and text match, counted as a multiset per utterance). A row per "
+        "decoding; the sections below read each run's latest.",
         "",
         summary,
         "",
@@ -564,7 +624,7 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             "hypotheses (normalised and without marks, as for CER) that are word for word a sentence of "
             f"`{TRAIN_TEXT}`; of held-out sets, whose sentences are not in training, such a hypothesis is recited, "
             "not heard. CER, other speech: the set decoded again with each utterance given another utterance's "
-            "speech (`decode_<set>_other_speech`), scored against the set's own references: a run that listens "
+            "speech (`decode_<tag>/<set>_other_speech`), scored against the set's own references: a run that listens "
             "does far worse than with its own speech, one that recites about as well. '-': not measured"
             + (f" (no `{TRAIN_TEXT}`)." if train_sentences is None else "."),
             "",
@@ -627,14 +687,18 @@ def write_results(expdir: str | Path, out: str | Path) -> str:
             doc.append(f"- config: `{os.path.relpath(config, out.parent)}`")
         tuning = run.path / "ctc_weight_tuning"
         if tuning.is_dir():  # the Conformer's CTC weight, chosen on the validation set (local/conformer.sh)
-            valid_set = next(tuning.glob("ctc*/decode_*")).name[len("decode_"):]
+            valid_set = next(tuning.glob("ctc*/*/cer")).parent.name
             cers = ctc_weight_tuning.tried_weights(tuning, valid_set)
             tried = ", ".join(f"{w}: {cer:.1f} %" for w, cer in sorted(cers.items(), key=lambda i: float(i[0])))
             doc.append(f"- decoded with CTC weight {ctc_weight_tuning.choose(cers)}, the lowest validation CER of "
                        f"those tried ({tried})")
+        options = decoding_options(run, expdir.resolve().parent)
+        doc.append(f"- decoding: `{run.decoding}` ({options.config}, beam {options.beam}, model {options.model}); "
+                   "the latest of its decodings, each a row of the CER table")
         if run.cer:
             doc += ["", "### CER", "", ESPNET_TABLE_HEADER]
-            doc += [run.cer[s].counts.table_row(f"decode_{s}") for s in _sorted_sets(run.cer)]
+            doc += [d.cer[s].counts.table_row(f"{d.decoding}/{s}")
+                    for d in decodings if d.path == run.path for s in _sorted_sets(d.cer)]
             doc += not_decoded_notes(run)
         for s in _sorted_sets(run.ner):
             doc += ["", f"### NER ({s})", ""] + _ner_tables(run.ner[s])

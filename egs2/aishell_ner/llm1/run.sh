@@ -102,10 +102,12 @@ Stages:
   11 training of every run -> \${expdir}/<system>/<phase>/ (train.log; resumable: run it again to go on
      from the last checkpoint); the phases of a speech LLM run in order, each from the previous one's model;
      on the CPU the systems train side by side, each in its own lane
-  12 decoding of the test sets -> \${expdir}/<system>/<phase>/decode_<set>/{text,text_ner} (the Conformer with the
-     CTC weight of the lowest --valid_set CER among --conformer_ctc_weights); each short form once more with
-     every utterance given another's speech -> decode_<set>_other_speech (RESULTS.md's listening control)
-  13 scoring (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
+  12 decoding of the test sets -> \${expdir}/<system>/<phase>/<inference tag>/<set>/{text,text_ner}, the tag
+     naming the decode config, --inference_args and the model file as asr.sh's does, e.g.
+     decode_speech_llm_valid.acc_current.ave (the Conformer with the CTC weight of the lowest --valid_set CER
+     among --conformer_ctc_weights, named in its tag); each short form once more with every utterance given
+     another's speech -> <inference tag>/<set>_other_speech (RESULTS.md's listening control)
+  13 scoring of every decoding (sclite CER with the entity marks removed, NER P/R/F1), gate values of the encoder-decoder
      systems, the decoder-only runs' attention share on speech per layer (on the valid set), and RESULTS.md
      with plots (a history sweep's table and plot against K among them), the controls and the paper's claims
      with paired bootstrap intervals
@@ -577,6 +579,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         read -r system phase config _ <<<"${run}"
         _dir=${expdir}/${system}/${phase}
         _config=${inference_config:-${conf_dir}/decode_speech_llm.yaml}
+        _decode_dir=${_dir}/$(utils/inference_tag.sh "${_config}" "${inference_model}" "${inference_args}")
         if [ ! -f "${_dir}/${inference_model}" ]; then
             log "Error: ${_dir}/${inference_model} not found: train ${system}/${phase} first (stage 11)"
             exit 1
@@ -589,12 +592,12 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             report_failed_dump "${dset}" "decoding writes an empty hypothesis for each, named and counted as broken"
         done
         log "Stage 12: decoding '${test_sets}' with ${system}/${phase} (${_config}${_feats:+, on the cached Whisper features of ${_feats}})," \
-            "${inference_nj} job(s) per set: ${_dir}/decode_<set>/logdir/inference.*.log"
+            "${inference_nj} job(s) per set: ${_decode_dir}/<set>/logdir/inference.*.log"
         # utt2history: the long-form phases put the speaker's previous utterances before each one
         # shellcheck disable=SC2086
         local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --feats_dir "${_feats}" \
             --extra_entries utt2history,history,text --inference_module espnet_llm.bin.speech_llm_inference \
-            "${dumpdir}/raw" "${_dir}" "${test_sets}" -- --speech_llm_train_config "${_dir}/config.yaml" \
+            "${dumpdir}/raw" "${_decode_dir}" "${test_sets}" -- --speech_llm_train_config "${_dir}/config.yaml" \
             --speech_llm_model_file "${_dir}/${inference_model}" --config "${_config}" ${inference_args}
         if [ "${phase}" = short ]; then
             # the listening control: each test utterance given another's speech (RESULTS.md's Controls)
@@ -605,7 +608,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
             # shellcheck disable=SC2086
             local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --feats_dir "${_feats}" \
                 --extra_entries utt2history,history,text --inference_module espnet_llm.bin.speech_llm_inference \
-                "${dumpdir}/raw" "${_dir}" "$(printf "%s${other_speech} " ${test_sets})" -- \
+                "${dumpdir}/raw" "${_decode_dir}" "$(printf "%s${other_speech} " ${test_sets})" -- \
                 --speech_llm_train_config "${_dir}/config.yaml" --speech_llm_model_file "${_dir}/${inference_model}" \
                 --config "${_config}" ${inference_args}
         fi
@@ -621,15 +624,9 @@ if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
         exec 3>&1
         trap "[ \$? -eq 0 ] || { echo 'the end of ${_dir}/scoring.log:'; tail -n 5 '${_dir}/scoring.log'; } >&3" EXIT
         {
-            # against stage 1's whole sets: an utterance lost in stages 3-12 counts as all deleted, by name
+            # every decoding of the run, against stage 1's whole sets: an utterance lost in stages 3-12 counts as
+            # all deleted, by name
             local/score.sh data "${_dir}" "${test_sets}"
-            for dset in ${test_sets}; do  # the listening control, against the set's own transcripts
-                if [ -f "${_dir}/decode_${dset}${other_speech}/text" ]; then
-                    ${python} -m espnet_llm.bin.score_cer --ref "data/${dset}/text" \
-                        --hyp "${_dir}/decode_${dset}${other_speech}/text" \
-                        --out_dir "${_dir}/decode_${dset}${other_speech}/score_cer" | tail -n 1
-                fi
-            done
         } >"${_dir}/scoring.log" 2>&1
     }
     measure_run() {  # <system>/<phase>: what a run's model does inside, one run at a time (each holds its model)

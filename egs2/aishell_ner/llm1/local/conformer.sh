@@ -8,9 +8,10 @@
 #   5   char token list of the training set's text_ner (entity marks included) -> <token_list>
 #   10  collect stats (shapes, feature statistics) -> <expdir>/stats/conformer_asr
 #   11  training -> <expdir>/conformer/asr (train.log; resumable)
-#   12  decoding of the test sets -> <expdir>/conformer/asr/decode_<set>/{text,text_ner}: the marked output is
-#       the NER output, and without the marks the transcript; with --ctc_weights, the CTC weight is chosen on
-#       the validation set first, as the baseline's users tune it (ctc_weight_tuning/: each weight's CER)
+#   12  decoding of the test sets -> <expdir>/conformer/asr/<inference tag>/<set>/{text,text_ner}: the marked
+#       output is the NER output, and without the marks the transcript; with --ctc_weights, the CTC weight is
+#       chosen on the validation set first, as the baseline's users tune it (ctc_weight_tuning/ctc<w>/<set>/cer:
+#       each weight's CER), and named in the tag
 # Run from the recipe directory.
 set -euo pipefail
 
@@ -111,14 +112,14 @@ case "${stage}" in
         log "Error: ${dir}/${inference_model} not found: train conformer/asr first (stage 11)"
         exit 1
     fi
-    decode() {  # <run dir> "<sets>" [more options]: decoded, the marks split off
+    decode() {  # <decode dir> "<sets>" [more options]: decoded, the marks split off
         # shellcheck disable=SC2086
         local/decode.sh --nj "${inference_nj}" --ngpu "${inference_ngpu}" --inference_module espnet2.bin.asr_inference \
             "${dumpdir}/raw" "$1" "$2" -- --batch_size 1 --asr_train_config "${dir}/config.yaml" \
             --asr_model_file "${dir}/${inference_model}" --config "${inference_config}" ${inference_args} "${@:3}"
         for dset in $2; do
-            mv "$1/decode_${dset}/text" "$1/decode_${dset}/text_ner"
-            python -m espnet_llm.text.aishell_ner "$1/decode_${dset}/text_ner" "$1/decode_${dset}/text"
+            mv "$1/${dset}/text" "$1/${dset}/text_ner"
+            python -m espnet_llm.text.aishell_ner "$1/${dset}/text_ner" "$1/${dset}/text"
         done
     }
     if [ -n "${ctc_weights}" ]; then
@@ -127,17 +128,18 @@ case "${stage}" in
             log "Stage 12: conformer/asr on ${valid_set} with CTC weight ${weight}"
             decode "${dir}/ctc_weight_tuning/ctc${weight}" "${valid_set}" --ctc_weight "${weight}"
             python -m espnet_llm.bin.score_cer --ref "data/${valid_set}/text" \
-                --hyp "${dir}/ctc_weight_tuning/ctc${weight}/decode_${valid_set}/text" \
-                --out_dir "${dir}/ctc_weight_tuning/ctc${weight}/decode_${valid_set}/cer" >/dev/null
+                --hyp "${dir}/ctc_weight_tuning/ctc${weight}/${valid_set}/text" \
+                --out_dir "${dir}/ctc_weight_tuning/ctc${weight}/${valid_set}/cer" >/dev/null
         done
         best=$(python -m espnet_llm.scoring.ctc_weight_tuning "${dir}/ctc_weight_tuning" "${valid_set}")
         log "Stage 12: conformer/asr decodes with CTC weight ${best}, the lowest CER on ${valid_set}" \
             "(${dir}/ctc_weight_tuning/choice.txt)"
         inference_args+=" --ctc_weight ${best}"
     fi
+    decode_dir=${dir}/$(utils/inference_tag.sh "${inference_config}" "${inference_model}" "${inference_args}")
     log "Stage 12: decoding '${test_sets}' with conformer/asr (${inference_config}), ${inference_nj} job(s) per set:" \
-        "${dir}/decode_<set>/logdir/inference.*.log"
-    decode "${dir}" "${test_sets}"
+        "${decode_dir}/<set>/logdir/inference.*.log"
+    decode "${decode_dir}" "${test_sets}"
     ;;
 *)
     echo "$0: --stage must be 5, 10, 11 or 12, got '${stage}'" >&2

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Decoding of one run's test sets (stage 12): each set's keys split into --nj jobs through ${decode_cmd}, and the
-# jobs' 1best_recog/{text,token,score,text_ner} merged into <run_dir>/decode_<set>/. On the CPU the sets are
+# jobs' 1best_recog/{text,token,score,text_ner} merged into <decode_dir>/<set>/, as asr.sh lays out
+# <asr_exp>/<inference_tag>/<set> (utils/inference_tag.sh names <decode_dir>). <set>/inference_options: the program
+# and its options, one a line (RESULTS.md names the decode config, beam and model file from it). On the CPU the sets are
 # decoded at the same time (with small models the start of each job takes longer than its decoding); with
 # --ngpu 1, through ${cuda_cmd} (cmd.sh), one set after the other, each job on a GPU of its own (utils/run.pl
 # --gpu: job i on GPU i, jobs beyond the GPUs wait for theirs), so that no two jobs share a GPU.
 #
 #   local/decode.sh [--nj 1] [--ngpu 0] [--feats_dir <dir>] [--extra_entries "<file>,<name>,<type> ..."]
-#       --inference_module <module> <data_root> <run_dir> "<sets>" -- <options>
+#       --inference_module <module> <data_root> <decode_dir> "<sets>" -- <options>
 #
 # The speech of set <set>: <data_root>/<set>/wav.scp, or with --feats_dir <dir>/<set>/feats.scp (Whisper
 # features of stage 6); --extra_entries: more files of <data_root>/<set> the program reads. <options>: those of
@@ -23,7 +25,7 @@ feats_dir=
 extra_entries=
 inference_module=  # espnet2.bin.asr_inference, espnet_llm.bin.speech_llm_inference
 
-help_message="Usage: $0 [--nj ${nj}] [--ngpu ${ngpu}] [--feats_dir <dir>] [--extra_entries <entries>] --inference_module <module> <data_root> <run_dir> \"<sets>\" -- <options>"
+help_message="Usage: $0 [--nj ${nj}] [--ngpu ${ngpu}] [--feats_dir <dir>] [--extra_entries <entries>] --inference_module <module> <data_root> <decode_dir> \"<sets>\" -- <options>"
 
 . utils/parse_options.sh
 if [ $# -lt 3 ] || [ -z "${inference_module}" ]; then
@@ -31,7 +33,7 @@ if [ $# -lt 3 ] || [ -z "${inference_module}" ]; then
     exit 1
 fi
 data_root=$1
-run_dir=$2
+decode_root=$2
 sets=$3
 shift 3
 [ "${1:-}" = -- ] && shift
@@ -41,7 +43,7 @@ shift 3
 if [ "${ngpu}" -gt 0 ]; then cmd=${cuda_cmd}; else cmd=${decode_cmd}; fi
 
 decode_set() {  # <set> <options>
-    local dset=$1 data=${data_root}/$1 decode_dir=${run_dir}/decode_$1
+    local dset=$1 data=${data_root}/$1 decode_dir=${decode_root}/$1
     local logdir=${decode_dir}/logdir speech=${data_root}/$1/wav.scp,speech,sound entries=() entry f n _nj
     shift
     if [ -n "${feats_dir}" ]; then
@@ -51,6 +53,7 @@ decode_set() {  # <set> <options>
     _nj=$(( nj < $(wc -l <"${data}/wav.scp") ? nj : $(wc -l <"${data}/wav.scp") ))
     rm -rf "${decode_dir}"
     mkdir -p "${logdir}"
+    printf '%s\n' "${inference_module}" "$@" >"${decode_dir}/inference_options"
     python -m espnet_llm.data_prep.kaldi_dir split-keys "${data}/wav.scp" "${_nj}" "${logdir}/keys"
     ${cmd} --gpu "${ngpu}" JOB=1:"${_nj}" "${logdir}/inference.JOB.log" \
         python -m "${inference_module}" --ngpu "${ngpu}" \
@@ -82,6 +85,6 @@ for pid in "${pids[@]}"; do
     wait "${pid}" || failed=$(( failed + 1 ))
 done
 if [ "${failed}" -gt 0 ]; then
-    log "Error: decoding ${failed} set(s) with ${run_dir} failed (see the run.pl messages above)"
+    log "Error: decoding ${failed} set(s) into ${decode_root} failed (see the run.pl messages above)"
     exit 1
 fi
