@@ -70,6 +70,7 @@ log "installing pinned requirements (first run: several minutes, about 5.5 GB)"
 "${venv}/bin/python" -m pip install -q -r "${requirements}"
 "${venv}/bin/python" -m pip install -q --no-deps -e "${root_dir}"
 "${venv}/bin/python" - <<'PY'
+import espnet_llm  # first: it quiets ESPnet's imports
 import torch, torchaudio, espnet, transformers, peft
 from espnet2.tasks.asr import ASRTask  # imports torchaudio: fails if torch and torchaudio mismatch
 print(f"torch {torch.__version__}, torchaudio {torchaudio.__version__}, espnet {espnet.__version__}, "
