@@ -133,6 +133,12 @@ def test_run_pl_passes_pipes_and_reports_failed_jobs(tmp_path):
                   "echo a JOB | tr a b; sleep 2"], tmp_path)
     assert result.returncode == 0 and lines(tmp_path / "line.2.log")[3] == "b 2"
     assert re.search(r"run.pl: 0/2 job\(s\) finished after \d s; line.1.log: b 1", result.stderr)  # the heartbeat
+    # a trainer's line, as ESPnet logs it: on the console without its logging prefix, cut to 160 characters
+    trainer_line = "[vm] 2026-12-08 03:43:21,573 (trainer:811) INFO: 1epoch:train:1-20batch: " + "loss=5.703, " * 40
+    result = run([str(RECIPE / "utils" / "run.pl"), "--progress-interval", "0.2", "long.log",
+                  f"echo '{trainer_line}'; sleep 2"], tmp_path)
+    heartbeat = next(line for line in result.stderr.splitlines() if "finished after" in line)
+    assert heartbeat.split("long.log: ")[1] == ("1epoch:train:1-20batch: " + "loss=5.703, " * 40)[:160] + " ..."
     result = run([str(RECIPE / "utils" / "run.pl"), "--bogus", "1", "x.log", "true"], tmp_path)
     assert result.returncode == 1 and "unknown option --bogus" in result.stderr
 

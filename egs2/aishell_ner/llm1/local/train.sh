@@ -28,14 +28,19 @@ shift
 
 name=$(basename "$(dirname "${dir}")")/$(basename "${dir}")  # <system>/<phase>
 mkdir -p "${dir}"
-OMP_NUM_THREADS=${threads} \
-python -m espnet2.bin.launch \
-    --cmd "${cuda_cmd}" \
-    --log "${dir}/train.log" \
-    --ngpu "${ngpu}" \
-    --num_nodes "${num_nodes}" \
-    --init_file_prefix "${dir}/.dist_init_" \
-    --multiprocessing_distributed true -- \
-    python -m "${train_module}" --resume true --output_dir "${dir}" "$@"
+# launch.py echoes its whole command line (about 1.6 KB) at INFO: left off the console (its stderr through sed, its
+# stdout on fd 3; pipefail keeps its exit code); the rest of what it says, run.pl's progress among it, stays
+{
+    OMP_NUM_THREADS=${threads} \
+    python -m espnet2.bin.launch \
+        --cmd "${cuda_cmd}" \
+        --log "${dir}/train.log" \
+        --ngpu "${ngpu}" \
+        --num_nodes "${num_nodes}" \
+        --init_file_prefix "${dir}/.dist_init_" \
+        --multiprocessing_distributed true -- \
+        python -m "${train_module}" --resume true --output_dir "${dir}" "$@" 2>&1 >&3 \
+        | sed -u '/(launch:[0-9]*) INFO: .*espnet2\/bin\/launch\.py /d' >&2
+} 3>&1
 { grep -h "epoch results" "${dir}/train.log" || true; } | tail -n 1 \
     | sed -e "s#.*INFO: #${name}: #" -e 's/\[train\].*\[valid\]/... [valid]/'

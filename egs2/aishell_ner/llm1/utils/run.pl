@@ -12,7 +12,7 @@ Kaldi); the others are quoted. A command given as one argument is run as a shell
 Options:
   --max-jobs-run K        at most K jobs at a time (default: all)
   --progress-interval S   while jobs run, every S seconds print the jobs finished and the last
-                          line of a running job's log (default 30; 0 = never)
+                          line of a running job's log, its first 160 characters (default 30; 0 = never)
   --gpu G                 each job gets G GPUs of its own (CUDA_VISIBLE_DEVICES, written in its log): the
                           machine's GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi -L) make S = GPUs / G
                           slots, job i runs on slot (i - 1) mod S, one job a slot at a time; 0: none
@@ -109,12 +109,18 @@ def run_job(command, log_path, slot=None):
     return code
 
 
+LOG_PREFIX = re.compile(r"^(\[\S+\] )?\d{4}-\d\d-\d\d[ T][\d:,]+ \(\S+\) \w+: ")  # [host] date (module:line) LEVEL:
+PROGRESS_CHARS = 160
+
+
 def last_line(path):
+    """The log's last line, its logging prefix left off, cut to a console line."""
     try:
         lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return lines[-1] if lines else ""
+    line = LOG_PREFIX.sub("", lines[-1]) if lines else ""
+    return line if len(line) <= PROGRESS_CHARS else line[:PROGRESS_CHARS] + " ..."
 
 
 def main(argv):
