@@ -1,7 +1,7 @@
 """Shared pytest fixtures."""
 import pytest
 
-from espnet_llm.bin.make_tiny_models import make_tiny_models
+from espnet_llm.mini.make_tiny_models import make_tiny_models
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Every kind of bad input, through the stage or entry point that meets it (README: "Bad input and faults").
+"""Every kind of bad input, through the stage or entry point that meets it (docs/recipe.md: "Bad input and faults").
 
 For each kind: the report names the file and line, the path or the utterance id; the stage's summary
 counts it; and the good utterances all arrive. Stage 1 runs once on a small corpus damaged in every way

@@ -25,7 +25,7 @@ from espnet_llm.bin.transcribe import main as transcribe_main
 from espnet_llm.data_prep.kaldi_dir import read_table
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 from espnet_llm.models.prompts import PromptLayout
-from espnet_llm.speech.tiny_whisper import write_openai_checkpoint
+from espnet_llm.mini.tiny_whisper import write_openai_checkpoint
 from espnet_llm.tasks.preprocessor import SpeechLLMPreprocessor
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 

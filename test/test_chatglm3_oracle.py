@@ -23,7 +23,7 @@ from espnet_llm.llm.chatglm3 import (
     official_parameter_shapes,
     rotary_inv_freq_length,
 )
-from espnet_llm.llm.tiny import TINY_CHATGLM3_SIZES, write_random_chatglm3_checkpoint
+from espnet_llm.mini.tiny_chatglm3 import TINY_CHATGLM3_SIZES, write_random_chatglm3_checkpoint
 
 SMALL = {**CHATGLM3_6B_CONFIG, **TINY_CHATGLM3_SIZES, "padded_vocab_size": 96, "seq_length": 256}
 # Heads x head_dim different from hidden_size, 4 groups, and a rope_ratio as ChatGLM3-6B-32k's.

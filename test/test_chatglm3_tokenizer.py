@@ -3,7 +3,7 @@ import json
 import pytest
 import sentencepiece as spm
 
-from espnet_llm.llm.tiny import train_tiny_sentencepiece
+from espnet_llm.mini.tiny_chatglm3 import train_tiny_sentencepiece
 from espnet_llm.llm.tokenizer import CHATGLM3_SPECIAL_TOKENS, TASK_TOKENS, ChatGLM3Tokenizer, prepare_tokenizer
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 

@@ -164,7 +164,7 @@ def test_cer_claims_with_intervals_and_the_sweep_absent(recipe):
     for system in ("decoder_only", "encoder_decoder"):
         assert claim_row(text, f"CoT NER F1 rises with the history K up to K = 2: {system}")[2:] == [
             "-", f"not measured: no history-sweep runs {system}/cot_k0 and {system}/cot_k2: run.sh --history_sweep "
-                 '"0 1 2 3 4" (README: "History sweep")']
+                 '"0 1 2 3 4" (docs/speech_llms.md: "The history sweep")']
     assert claim_row(text, "The decoder-only model's attention share")[3].startswith("not measured: no history-sweep")
     assert claim_row(text, "Deeper cross-attention gates")[2:] == [
         "-", "not measured: encoder_decoder/short has 1 gated block(s), fewer than two"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from espnet_llm.bin.make_full_size_models import make_full_size_models
+from espnet_llm.mini.make_full_size_models import make_full_size_models
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, load_chatglm3
 from espnet_llm.speech.whisper_encoder import load_whisper_encoder, whisper_config
 

@@ -4,7 +4,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from espnet_llm.data_prep.mandarin_tts import LanguageSwitchError, MandarinSpeaker, Voice
+from espnet_llm.mini.mandarin_tts import LanguageSwitchError, MandarinSpeaker, Voice
 
 CMN = Voice("cmn", 50, 220)
 

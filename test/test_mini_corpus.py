@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_llm.data_prep import mini_corpus
+from espnet_llm.mini import corpus as mini_corpus
 from espnet_llm.data_prep.aishell import prepare
 from espnet_llm.data_prep.history import write_utt2history
-from espnet_llm.data_prep.mini_corpus import (
+from espnet_llm.mini.corpus import (
     HELD_OUT_VARIANTS, TRAIN_VARIANTS, MiniCorpusConfig, build_mini_corpus, check_mandarin, plan_corpus, read_sentences,
     spoken_text, training_overlap, vocabulary,
 )

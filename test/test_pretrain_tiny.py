@@ -1,4 +1,4 @@
-"""Pretraining the tiny ChatGLM3 on text (espnet_llm.llm.pretrain_tiny), and stage 5 redoing it only when due."""
+"""Pretraining the tiny ChatGLM3 on text (espnet_llm.mini.pretrain_tiny_chatglm3), and stage 5 redoing it only when due."""
 import json
 import math
 import random
@@ -12,7 +12,7 @@ import yaml
 
 from espnet_llm.bin.prepare_speech_llm_models import prepare_models
 from espnet_llm.llm.chatglm3 import checkpoint_shards, load_chatglm3
-from espnet_llm.llm.pretrain_tiny import (
+from espnet_llm.mini.pretrain_tiny_chatglm3 import (
     STAMP, PretrainConfig, evaluate, pretrain, read_config, read_sentences, sha256_of, split_held_out,
 )
 

@@ -21,8 +21,8 @@ from espnet2.train.collate_fn import CommonCollateFn
 from espnet_llm.bin.pack import BaseModelMismatch, main as pack_main
 from espnet_llm.bin.speech_llm_inference import Speech2Text, inference
 from espnet_llm.bin.transcribe import main as transcribe_main
-from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker, Voice
-from espnet_llm.data_prep.mini_corpus import resample
+from espnet_llm.mini.mandarin_tts import MandarinSpeaker, Voice
+from espnet_llm.mini.corpus import resample
 from espnet_llm.scoring.alignment import count_errors
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 from espnet_llm.text.aishell_ner import strip_marks

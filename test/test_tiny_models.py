@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from espnet_llm.bin.make_tiny_models import make_tiny_models
+from espnet_llm.mini.make_tiny_models import make_tiny_models
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, checkpoint_shards, load_chatglm3
-from espnet_llm.llm.tiny import TINY_CHATGLM3_SIZES, write_tiny_chatglm3
+from espnet_llm.mini.tiny_chatglm3 import TINY_CHATGLM3_SIZES, write_tiny_chatglm3
 from espnet_llm.llm.tokenizer import ChatGLM3Tokenizer
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder

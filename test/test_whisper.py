@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperModel
 
 from espnet_llm.speech.log_mel import MAX_SAMPLES, WhisperLogMel
-from espnet_llm.speech.tiny_whisper import write_openai_checkpoint, write_tiny_whisper
+from espnet_llm.mini.tiny_whisper import write_openai_checkpoint, write_tiny_whisper
 from espnet_llm.speech.whisper_encoder import (
     WHISPER_LARGE_V2_CONFIG,
     SpeechTooLongError,

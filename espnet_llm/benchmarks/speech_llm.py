@@ -133,7 +133,7 @@ class Size:
 
 
 def tiny_size(workdir: Path) -> Size:
-    from espnet_llm.bin.make_tiny_models import make_tiny_models
+    from espnet_llm.mini.make_tiny_models import make_tiny_models
 
     tiny = make_tiny_models(workdir / "tiny", seed=0)
     return Size("tiny", RECIPE_CONF / "tiny", tiny / "whisper", tiny / "chatglm3")

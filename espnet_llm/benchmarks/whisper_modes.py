@@ -17,7 +17,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from espnet_llm.speech.log_mel import SAMPLE_RATE
-from espnet_llm.speech.tiny_whisper import write_tiny_whisper
+from espnet_llm.mini.tiny_whisper import write_tiny_whisper
 from espnet_llm.speech.whisper_encoder import WHISPER_LARGE_V2_CONFIG, WhisperSpeechEncoder
 
 

@@ -26,7 +26,7 @@ def published_architectures(workdir: Path) -> tuple[Path, Path]:
     from transformers import WhisperConfig
 
     from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG
-    from espnet_llm.llm.tiny import train_tiny_sentencepiece
+    from espnet_llm.mini.tiny_chatglm3 import train_tiny_sentencepiece
     from espnet_llm.speech.whisper_encoder import WHISPER_LARGE_V2_CONFIG
 
     whisper, chatglm3 = workdir / "whisper-large-v2", workdir / "chatglm3-6b"

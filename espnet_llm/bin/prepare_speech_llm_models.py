@@ -17,9 +17,9 @@ import filecmp
 import sys
 from pathlib import Path
 
-from espnet_llm.bin import make_tiny_models, prepare_mini_whisper
 from espnet_llm.bin.speech_llm_runs import ConfigError, config_value, load
-from espnet_llm.llm import pretrain_tiny, tokenizer
+from espnet_llm.llm import tokenizer
+from espnet_llm.mini import make_tiny_models, prepare_whisper_base, pretrain_tiny_chatglm3
 
 
 def prepare_models(configs: list[str], tiny_models_dir: Path | None, ct2_dir: Path) -> Path:
@@ -34,16 +34,16 @@ def prepare_models(configs: list[str], tiny_models_dir: Path | None, ct2_dir: Pa
         tiny_models = None if tiny_models_dir is None else Path(tiny_models_dir) / f"{tiny_dir.name}.yaml"
         if tiny_models is not None and not tiny_models.is_file():
             raise ConfigError(f"{path} names {chatglm3}, and {tiny_models}, which would make it, is not there")
-        pretrain = pretrain_tiny.read_config(tiny_models) if tiny_models is not None else None
+        pretrain = pretrain_tiny_chatglm3.read_config(tiny_models) if tiny_models is not None else None
         if tiny_models is not None and not (Path(chatglm3).exists() and (tiny_dir / "tiny_models.yaml").is_file()
                                             and filecmp.cmp(tiny_models, tiny_dir / "tiny_models.yaml", shallow=False)
-                                            and (pretrain is None or pretrain_tiny.is_pretrained(chatglm3, pretrain))):
+                                            and (pretrain is None or pretrain_tiny_chatglm3.is_pretrained(chatglm3, pretrain))):
             print(f"Stage 5: tiny ChatGLM3 ({tiny_models}) for {path} -> {tiny_dir}", flush=True)
             make_tiny_models.main(["--output_dir", str(tiny_dir), "--config", str(tiny_models)])
         if tiny_models is not None and whisper not in prepared and (
                 not Path(whisper).exists() or (Path(whisper) / "source.json").is_file()):
             print(f"Stage 5: the mini recipe's Whisper for {path} -> {whisper}", flush=True)
-            prepare_mini_whisper.main(["--ct2_dir", str(ct2_dir), "--output_dir", whisper])
+            prepare_whisper_base.main(["--ct2_dir", str(ct2_dir), "--output_dir", whisper])
             prepared.add(whisper)
         for model in (whisper, chatglm3):
             if not Path(model).exists():

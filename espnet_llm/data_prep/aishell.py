@@ -24,7 +24,7 @@ The sets are written to ``<output_dir>/<set>.tmp`` and renamed into place only w
 stage 1 killed half-way leaves the previous data directories as they were.
 
 It walks the tree with os.scandir and reads no audio, so the full AISHELL-1 size (141,600
-utterances) takes seconds; ``local/benchmark_data_prep.py`` measures it.
+utterances) takes seconds; ``python -m espnet_llm.benchmarks.data_prep`` measures it.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ CLAIM_SETS = ("test", "dev")  # held out from training; test is the paper's
 DECODER_ONLY, ENCODER_DECODER = "decoder_only", "encoder_decoder"
 BASELINE = "conformer/asr"  # ESPnet's Conformer, entity-aware (trained on the marked text)
 PHASES = ("short", "long", "cot")
-SWEEP_HINT = 'run.sh --history_sweep "0 1 2 3 4" (README: "History sweep")'
+SWEEP_HINT = 'run.sh --history_sweep "0 1 2 3 4" (docs/speech_llms.md: "The history sweep")'
 
 
 class NotMeasured(Exception):

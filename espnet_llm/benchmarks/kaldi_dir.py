@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Times the data-directory tools of stages 1-4 on a training set of AISHELL-1's size and prints the figures.
 
 The directory is generated (not timed): 120,098 utterances of 340 speakers, empty wav files,
@@ -6,7 +5,7 @@ transcripts cycling through the shipped AISHELL-NER dev transcript. Timed: valid
 speed perturbation to three speeds (360,294 utterances), validating that, a 32-way split per
 speaker, and on the unperturbed set the length filter and the summary::
 
-    python local/benchmark_kaldi_dir.py [--work_dir /tmp/bench]
+    python -m espnet_llm.benchmarks.kaldi_dir [--work_dir /tmp/bench]
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ tiny LLM (``lm_text``). Output, deterministic for a seed and libespeak-ng versio
     <output_dir>/aishell_ner/aishell_ner_transcript.{train,dev,test}.txt (+ LICENSE, README.md)
     <output_dir>/lm_text.txt                                             the other sentences, one a line
 
-    python -m espnet_llm.data_prep.mini_corpus --output_dir downloads/mini_aishell --seed 0 --nj 2
+    python -m espnet_llm.mini.corpus --output_dir downloads/mini_aishell --seed 0 --nj 2
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import soundfile
 
-from espnet_llm.data_prep.mandarin_tts import MandarinSpeaker, Voice
+from espnet_llm.mini.mandarin_tts import MandarinSpeaker, Voice
 from espnet_llm.resources import AISHELL_NER_DEV_TRANSCRIPT
 from espnet_llm.text.aishell_ner import normalize_transcript, parse_marked
 

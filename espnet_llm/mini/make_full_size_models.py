@@ -1,7 +1,7 @@
 """Random ChatGLM3-6B and Whisper-large-v2 in their published layouts, at full width, to run the full-size path
 without the real weights (local/full_size_check.sh on a CPU, local/full_size_benchmark.sh on a GPU).
 
-    python -m espnet_llm.bin.make_full_size_models --config conf/full_size_check.yaml --output_dir downloads
+    python -m espnet_llm.mini.make_full_size_models --config conf/full_size_check.yaml --output_dir downloads
 
 Writes DIR/chatglm3-6b in THUDM/chatglm3-6b's layout (config.json, 7 float16 ``pytorch_model-0000N-of-00007.bin``
 shards and their index, tokenizer.model) and DIR/whisper-large-v2/large-v2.pt, OpenAI's checkpoint (``dims`` and
@@ -24,8 +24,8 @@ import yaml
 from transformers import WhisperConfig, WhisperModel
 
 from espnet_llm.llm.chatglm3 import CHATGLM3_6B_CONFIG
-from espnet_llm.llm.tiny import train_tiny_sentencepiece, write_random_chatglm3_checkpoint
-from espnet_llm.speech.tiny_whisper import write_openai_checkpoint
+from espnet_llm.mini.tiny_chatglm3 import train_tiny_sentencepiece, write_random_chatglm3_checkpoint
+from espnet_llm.mini.tiny_whisper import write_openai_checkpoint
 from espnet_llm.speech.whisper_encoder import WHISPER_LARGE_V2_CONFIG
 
 STAMP = "made_from.yaml"

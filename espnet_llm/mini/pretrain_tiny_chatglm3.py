@@ -13,8 +13,8 @@ perplexity. A call whose stamp matches the text and settings is a no-op; a model
 refused (it is no longer random: write it again with make_tiny_models).
 Settings: the ``pretrain:`` mapping of a tiny_models YAML (PretrainConfig; conf/tiny/tiny_models_pretrained.yaml).
 
-    python -m espnet_llm.llm.pretrain_tiny --model_dir DIR --config YAML                 # stage 5 does this
-    python -m espnet_llm.llm.pretrain_tiny --model_dir DIR --config YAML --eval data/dev/text data/test/text
+    python -m espnet_llm.mini.pretrain_tiny_chatglm3 --model_dir DIR --config YAML                 # stage 5 does this
+    python -m espnet_llm.mini.pretrain_tiny_chatglm3 --model_dir DIR --config YAML --eval data/dev/text data/test/text
 """
 from __future__ import annotations
 
