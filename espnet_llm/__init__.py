@@ -35,3 +35,5 @@ def _import_on_first_use(name: str) -> None:
 _import_on_first_use("g2p_en")
 # espnet2's enhancement layers decorate with torch.cuda.amp.autocast, deprecated by torch; nothing here calls them
 warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast", category=FutureWarning)
+# peft reads transformers' is_gradient_checkpointing, renamed is_activation_checkpointing in transformers 5
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -14,6 +14,16 @@ def test_espnet_imports_try_no_nltk_download_and_warn_nothing_known():
     assert "nltk" not in output and "FutureWarning" not in output, output
 
 
+def test_lora_on_a_glm_warns_nothing_known():
+    proc = python("import espnet_llm, peft\n"
+                  "from transformers import GlmConfig, GlmForCausalLM\n"
+                  "config = GlmConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,\n"
+                  "                   num_key_value_heads=2, head_dim=16, vocab_size=100, pad_token_id=0)\n"
+                  "peft.get_peft_model(GlmForCausalLM(config), peft.LoraConfig(r=2, target_modules=['q_proj']))\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stdout + proc.stderr, proc.stderr
+
+
 def test_g2p_en_is_imported_where_it_is_used():
     proc = python("import espnet_llm\n"
                   "from espnet2.text import phoneme_tokenizer\n"

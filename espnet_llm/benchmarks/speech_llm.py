@@ -282,7 +282,7 @@ def measure_training(model, batches, device, bf16: bool, cached_width: int | Non
     model.train()
     step(inputs[0])  # warm-up (allocator, kernels)
     # FLOPs of the timed batches (without recomputation) and saved activations of one step, outside the timing
-    checkpointing = model.llm.causal_lm.is_gradient_checkpointing
+    checkpointing = model.llm.causal_lm.is_activation_checkpointing
     set_checkpointing(model, False)
     with FlopCounterMode(display=False) as counter:
         for batch in inputs[1:]:
