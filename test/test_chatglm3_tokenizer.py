@@ -97,7 +97,8 @@ def test_every_task_prompt_is_a_chatglm3_user_turn_then_the_assistant_line(token
     """The prompt around the speech is ChatGLM3's own turn format: what the pretrained LLM has read. With the speech
     taken as the user message (text here), the prompt is build_chat_prompt's, and the answer follows the
     assistant's metadata line ("\\n"), which ChatGLM3 writes itself before a reply."""
-    from espnet_llm.models.prompts import TASK_TOKEN, PromptLayout
+    from espnet_llm.llm.tokenizer import TASK_TOKEN
+    from espnet_llm.models.prompts import PromptLayout
 
     t, layout = tokenizer, PromptLayout(tokenizer, task)
     speech = t.encode("广州市")  # stands in for the speech embeddings

@@ -13,7 +13,7 @@ from espnet_llm.bin.count_params import build_on_meta
 from espnet_llm.llm.lora import GLM_PROJECTIONS
 from espnet_llm.models.cross_attention import GatedCrossAttention
 from espnet_llm.models.param_count import trainable_counts
-from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
+from espnet_llm.llm.tokenizer import NER_TOKEN, SEPARATOR, TASK_TOKEN
 from espnet_llm.tasks.speech_llm import SpeechLLMTask
 
 CONF = Path(__file__).resolve().parents[1] / "egs2" / "aishell_ner" / "llm1" / "conf"

@@ -10,7 +10,7 @@ from torch import nn
 
 from espnet_llm.dtypes import torch_dtype
 from espnet_llm.llm.lora import GLM_PROJECTIONS, apply_lora
-from espnet_llm.models.prompts import NER_TOKEN, SEPARATOR, TASK_TOKEN
+from espnet_llm.llm.tokenizer import NER_TOKEN, SEPARATOR, TASK_TOKEN
 
 
 class ChatGLM3LLM(nn.Module):

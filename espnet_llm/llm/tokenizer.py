@@ -25,8 +25,12 @@ import sentencepiece as spm
 CHATGLM3_SPECIAL_TOKENS = (
     "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
 )
-# The project's task tokens: short-form ASR, long-form ASR (with history), NER, utterance separator.
-TASK_TOKENS = ("<|asr_short|>", "<|asr_long|>", "<|ner|>", "<|sep|>")
+# The project's tokens, defined here only: one per task (short-form ASR, long-form ASR with history, NER), and
+# the separator of utterances. Their order gives their ids after the vocabulary's.
+TASK_TOKEN = {"asr_short": "<|asr_short|>", "asr_long": "<|asr_long|>", "ner": "<|ner|>"}
+NER_TOKEN = TASK_TOKEN["ner"]
+SEPARATOR = "<|sep|>"
+TASK_TOKENS = (*TASK_TOKEN.values(), SEPARATOR)
 ROLES = ("system", "user", "assistant", "observation")
 
 

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor
 
+from espnet_llm.llm.tokenizer import NER_TOKEN, SEPARATOR, TASK_TOKEN
 from espnet_llm.text.aishell_ner import Entity, mark_entities, parse_marked_lenient, place_entities, strip_marks
 
-TASKS = ("asr_short", "asr_long", "ner")
-TASK_TOKEN = {"asr_short": "<|asr_short|>", "asr_long": "<|asr_long|>", "ner": "<|ner|>"}
-SEPARATOR = "<|sep|>"
-NER_TOKEN = "<|ner|>"
+TASKS = tuple(TASK_TOKEN)
 # Decoding caps max_new_tokens from the speech (PromptLayout.answer_budget): Mandarin runs at 3 to 5 characters
 # a second, fast speech at 7 or so (AISHELL's read news at about 4), and ChatGLM3's tokenizer gives a character
 # one token or less, so 8 tokens a second cover a transcript; the margin covers <|ner|>, the entity marks, the
