@@ -199,6 +199,16 @@ def test_ner_empty_missing_and_malformed_hypotheses(tmp_path):
     assert r["micro"]["precision"] == 0.0 and r["micro"]["f1"] == 0.0
 
 
+def test_ner_warning_names_a_few_utterances_in_one_console_line(tmp_path, caplog):
+    ids = [f"BAC009S0736W{n:04d}" for n in range(12)]
+    ref = write_lines(tmp_path / "ref", [f"{u} [张三]在北京" for u in ids])
+    hyp = write_lines(tmp_path / "hyp", [f"{u} [张三在北京" for u in ids])  # every mark left open
+    result = score_ner(ref, hyp, tmp_path / "ner")
+    assert sorted(result.malformed_hypotheses) == ids  # result.json has them all
+    warning, = [r.getMessage() for r in caplog.records if "malformed marks" in r.getMessage()]
+    assert warning.rsplit(": ", 1)[1] == " ".join(ids[:5]) + " ..."  # five named: the line stays short
+
+
 def test_ner_malformed_reference_is_reported_and_left_out(tmp_path):
     r = ner(tmp_path, ["[张三说", "(北京)"], ["[张三]说", "(北京)"])
     assert r["utterances"] == 1 and r["micro"]["ref"] == 1

@@ -52,6 +52,7 @@ ERROR_NAMES = {
     WRONG_TYPE: "wrong type",
     FALSE_ALARM: "false alarm",
 }
+NAMED_IN_LOG = 5  # utterance ids a warning names (a console line); result.json lists every one
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def score_ner(ref_text_ner: str | Path, hyp_text_ner: str | Path, out_dir: str |
                       ("have no reference and are not scored", extra)):
         if ids:
             log.warning("%s: %d utterances %s: %s%s", hyp_path, len(ids), what,
-                        " ".join(ids[:10]), " ..." if len(ids) > 10 else "")
+                        " ".join(ids[:NAMED_IN_LOG]), " ..." if len(ids) > NAMED_IN_LOG else "")
 
     result = NerResult(counts, n_scored, malformed_hyp, missing, extra, malformed_ref)
     with open(out_dir / "result.json", "w", encoding="utf-8") as f:

@@ -26,7 +26,9 @@ train_system() {
             # the weights of the previous phase, and its optimiser and LR schedule continued
             opts+=" --init_param ${from} --continue_schedule_from ${expdir}/${system}/${previous}/checkpoint.pth"
         fi
-        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}${from:+, from ${from}, its optimiser and LR schedule continued}) on ${input}, ${ngpu} GPU(s) x ${num_nodes} node(s): ${dir}/train.log"
+        log "Stage 11: $("${dry_run}" && echo "dry run of" || echo training) ${system}/${phase} (${config}) on ${input}," \
+            "${ngpu} GPU(s) x ${num_nodes} node(s): ${dir}/train.log"
+        [ -z "${from}" ] || log "Stage 11: ${system}/${phase} starts from ${from}, its optimiser and LR schedule continued"
         if [ -n "${whisper_model}" ] && ! "${dry_run}"; then
             for dset in "${train_set}" "${valid_set}"; do
                 report_failed_dump "${dset}" "skipped, each named in train.log, and counted as broken"
