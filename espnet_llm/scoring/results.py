@@ -126,10 +126,10 @@ def decoding_options(run: Run, recipe_dir: Path) -> DecodingOptions:
 
 def latest_decodings(runs: list[Run]) -> list[Run]:
     """Each system/phase's latest decoding, in the order of ``runs``."""
-    latest = {}
+    by_name: dict[str, list[Run]] = {}
     for run in runs:
-        if run.name not in latest or run.written() > latest[run.name].written():
-            latest[run.name] = run
+        by_name.setdefault(run.name, []).append(run)
+    latest = {name: max(decodings, key=Run.written) for name, decodings in by_name.items()}  # each stat'ed once
     return [run for run in runs if latest[run.name] is run]
 
 
